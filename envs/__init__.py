@@ -1,0 +1,79 @@
+"""Environments behind one functional interface (see envs/core.py).
+
+    env = envs.make("CartPole-v1")          # gymnax
+    env = envs.make("ant")                  # Brax on MJX, 1000-step episodes
+    obs, state = env.reset(key)
+    ts = env.step(key, state, action)       # obs, state, reward, terminated, truncated, final_obs, ...
+"""
+
+from __future__ import annotations
+
+from envs.brax_envs import BRAX_BACKENDS, BRAX_EPISODE_STEPS, BRAX_IDS
+from envs.core import ActionSpec, Env, RawEnv, Timestep, with_clipped_actions, with_time_limit
+from envs.gymnax_envs import GYMNAX_IDS
+from envs.normalize import (
+    RewardScaler,
+    RunningMeanStd,
+    normalize_obs,
+    reward_scaler_init,
+    rms_init,
+    rms_update,
+    scale_reward,
+    track_returns,
+)
+
+# Names used by the BPO reference code.
+ALIASES = {"cartpole": "CartPole-v1", "half_cheetah": "halfcheetah", "walker_2d": "walker2d"}
+ENV_IDS = GYMNAX_IDS + BRAX_IDS
+
+
+class UnknownEnvError(ValueError):
+    pass
+
+
+def canonical_id(env_id: str) -> str:
+    """The registered id for env_id (aliases resolved); raises UnknownEnvError listing valid ids.
+    Imports nothing heavy, so scripts can check their input before anything is built."""
+    env_id = ALIASES.get(env_id, env_id)
+    if env_id not in ENV_IDS:
+        aliases = ", ".join(f"{a} -> {b}" for a, b in ALIASES.items())
+        raise UnknownEnvError(
+            f"unknown env id {env_id!r}. Valid ids: {', '.join(ENV_IDS)} (aliases: {aliases})"
+        )
+    return env_id
+
+
+def is_brax(env_id: str) -> bool:
+    return canonical_id(env_id) in BRAX_IDS
+
+
+def make(
+    env_id: str,
+    backend: str = "mjx",
+    max_episode_steps: int | None = None,
+    clip_actions: bool = True,
+) -> Env:
+    """One environment with time limit, automatic reset, episode statistics and (continuous
+    actions, if clip_actions) action clipping. max_episode_steps defaults to gymnax's own limit,
+    or 1000 for Brax. `backend` is the Brax physics backend."""
+    env_id = canonical_id(env_id)
+    if env_id in BRAX_IDS:
+        if backend not in BRAX_BACKENDS:
+            raise ValueError(f"unknown Brax backend {backend!r}; choose one of {', '.join(BRAX_BACKENDS)}")
+        from envs.brax_envs import make_brax
+
+        raw, limit = make_brax(env_id, backend), BRAX_EPISODE_STEPS
+    else:
+        from envs.gymnax_envs import make_gymnax
+
+        raw, limit = make_gymnax(env_id)
+    env = with_time_limit(env_id, raw, max_episode_steps or limit)
+    return with_clipped_actions(env) if clip_actions else env
+
+
+__all__ = [
+    "ALIASES", "ENV_IDS", "ActionSpec", "Env", "RawEnv", "RewardScaler", "RunningMeanStd",
+    "Timestep", "UnknownEnvError", "canonical_id", "is_brax", "make", "normalize_obs",
+    "reward_scaler_init", "rms_init", "rms_update", "scale_reward", "track_returns",
+    "with_clipped_actions", "with_time_limit",
+]

@@ -1,0 +1,57 @@
+"""Bad input: a clear one-line error, a non-zero exit, no traceback, before anything compiles."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = ["ppo.py"]
+
+
+def run_script(script, *flags, cwd=ROOT):
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *flags], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+CASES = [
+    (["--env-id", "NoSuchEnv-v0"], ["unknown env id 'NoSuchEnv-v0'", "CartPole-v1", "hopper"]),
+    (["--num-envs", "3", "--num-steps", "10", "--minibatch-size", "4"],
+     ["--num-envs 3 x --num-steps 10 = 30", "--minibatch-size 4"]),
+    (["--num-envs", "0"], ["--num-envs must be positive"]),
+    (["--total-timesteps", "-5"], ["--total-timesteps must be positive"]),
+    (["--total-timesteps", "100"], ["less than one rollout"]),
+    (["--preset", "nonsense"], ["unknown preset 'nonsense'", "cartpole_ppo"]),
+]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("flags,expected", CASES)
+def test_bad_input_is_one_clear_line(script, flags, expected, tmp_path):
+    out = tmp_path / "out"
+    r = run_script(script, *flags, "--output-dir", str(out))
+    assert r.returncode != 0
+    lines = [l for l in r.stderr.splitlines() if "warp" not in l]  # Brax's optional-import notes
+    assert len(lines) == 1, r.stderr
+    assert "Traceback" not in r.stderr and lines[0].startswith(f"{script}: error: ")
+    for text in expected:
+        assert text in lines[0]
+    assert not out.exists()  # failed before writing (or compiling) anything
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_existing_output_dir_is_not_overwritten(script, tmp_path):
+    (tmp_path / "keep.txt").write_text("results")
+    r = run_script(script, "--output-dir", str(tmp_path))
+    assert r.returncode != 0 and "exists and is not empty" in r.stderr and "--overwrite" in r.stderr
+    assert os.listdir(tmp_path) == ["keep.txt"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_documents_every_flag(script):
+    r = run_script(script, "--help")
+    assert r.returncode == 0
+    for flag in ("--env-id", "--num-seeds", "--seed", "--total-timesteps", "--num-envs",
+                 "--num-steps", "--output-dir", "--preset"):
+        assert flag in r.stdout
