@@ -135,6 +135,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         anneal_lr=False, ent_coef=0.001, vf_coef=0.5, clip_actions=True, hidden_sizes=(64, 64),
         actor_activation="relu", critic_activation="relu", kernel_init="orthogonal",
         normalize_obs=True,  # ours: Brax observations are unscaled
+        eval_every=50_000,
     ),
     # RL Baselines3 Zoo's Pendulum-v1 PPO settings (without its state-dependent noise).
     "pendulum_ppo": dict(
@@ -152,11 +153,18 @@ class ConfigError(ValueError):
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    """Presets first (their values become the defaults `--help` shows), then every other flag."""
+    """Presets first (their values become the defaults `--help` shows), then every other flag.
+    A Brax env id with no --preset gets the MuJoCo preset (CartPole settings would not do)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--preset", nargs="*", default=[])
-    names = pre.parse_known_args(argv)[0].preset
+    pre.add_argument("--preset", nargs="*", default=None)
+    pre.add_argument("--env-id", default=Args.env_id)
+    known = pre.parse_known_args(argv)[0]
+    names = known.preset
+    if names is None:
+        names = ["mujoco_ppo"] if envs.is_brax(known.env_id) else []
+        if names:
+            print(f"{known.env_id} is a Brax task: using --preset {names[0]} (pass --preset to choose)")
     return tyro.cli(Args, args=argv, default=apply_presets(Args(), names), description=__doc__)
 
 
@@ -171,8 +179,8 @@ def apply_presets(args: Args, names) -> Args:
 def validate(args: Args) -> None:
     """Every check that needs no compilation, each failure a one-line message naming the flags."""
     envs.canonical_id(args.env_id)  # raises with the list of valid ids
-    if envs.is_brax(args.env_id) and args.env_backend not in envs.brax_envs.BRAX_BACKENDS:
-        raise ConfigError(f"--env-backend {args.env_backend!r} is not one of {envs.brax_envs.BRAX_BACKENDS}")
+    if envs.is_brax(args.env_id) and args.env_backend not in envs.BRAX_BACKENDS:
+        raise ConfigError(f"--env-backend {args.env_backend!r} is not one of {', '.join(envs.BRAX_BACKENDS)}")
     for name in ("num_seeds", "total_timesteps", "num_envs", "num_steps", "num_epochs",
                  "minibatch_size", "eval_every", "eval_episodes"):
         if getattr(args, name) <= 0:
@@ -592,9 +600,10 @@ def run(args: Args, algo: str = "ppo") -> dict:
                 rows.append(row)
             csv_file.flush()
             elapsed = time.perf_counter() - t_train
+            train_return = metrics["train_return"][np.isfinite(metrics["train_return"])]
             print(f"[{algo} {env_id}] {done_iters * batch:>10,}/{trainer.num_iterations * batch:,} steps"
                   f" | {done_iters * batch * len(seeds) / elapsed:>9,.0f} steps/s"
-                  f" | train return {np.nanmean(metrics['train_return']):8.2f}"
+                  f" | train return {train_return.mean() if train_return.size else float('nan'):8.2f}"
                   f" | eval return {np.mean(metrics['eval_return']):8.2f}"
                   f" | {elapsed:6.1f}s", flush=True)
     except KeyboardInterrupt:

@@ -1,0 +1,18 @@
+"""Learning on small budgets, fixed seeds, thresholds with margin."""
+
+import dataclasses
+
+import ppo
+
+
+def test_ppo_learns_cartpole(tmp_path):
+    # Defaults (the reference's cartpole_ppo settings) reach 500 on both seeds by ~75k steps.
+    s = ppo.run(ppo.Args(num_seeds=2, total_timesteps=100_000, eval_every=25_000, output_dir=str(tmp_path)))
+    assert min(s["final_eval_return"]) >= 400, s["final_eval_return"]
+
+
+def test_ppo_improves_on_pendulum(tmp_path):
+    # A random policy scores about -1200; these settings reach about -200 by 50k steps.
+    args = ppo.apply_presets(ppo.Args(), ["pendulum_ppo"])
+    s = ppo.run(dataclasses.replace(args, num_seeds=2, total_timesteps=98_304, output_dir=str(tmp_path)))
+    assert s["final_eval_return_mean"] > -600, s["final_eval_return"]
