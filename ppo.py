@@ -116,7 +116,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # PureJaxRL's CartPole settings (its vf_coef 0.5 multiplies 0.5 * mean squared error).
     "purejaxrl_cartpole": dict(
         env_id="CartPole-v1", total_timesteps=500_000, num_envs=4, num_steps=128, num_epochs=4,
-        minibatch_size=128, learning_rate=2.5e-4, anneal_lr=True, anneal_clip=False, ent_coef=0.01, vf_coef=0.25,
+        minibatch_size=128, learning_rate=2.5e-4, anneal_lr=True, anneal_clip=False, ent_coef=0.01,
+        vf_coef=0.25,
         gamma=0.99, gae_lambda=0.95, clip_coef=0.2, hidden_sizes=(64, 64),
         actor_activation="tanh", critic_activation="tanh", kernel_init="orthogonal",
         normalize_obs=False,
@@ -186,7 +187,8 @@ def validate(args: Args) -> None:
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.learning_rate <= 0 or args.max_episode_steps < 0 or not args.hidden_sizes:
-        raise ConfigError("--learning-rate must be positive, --max-episode-steps >= 0, --hidden-sizes non-empty")
+        raise ConfigError(
+            "--learning-rate must be positive, --max-episode-steps >= 0, --hidden-sizes non-empty")
     batch = args.num_envs * args.num_steps
     if batch % args.minibatch_size:
         raise ConfigError(
@@ -202,7 +204,8 @@ def validate(args: Args) -> None:
 # Networks: separate actor (pi) and critic (V) MLPs
 # ----------------------------------------------------------------------------------------------
 def dense(features: int, kernel_init: str, scale: float) -> nn.Dense:
-    init = nn.initializers.orthogonal(scale) if kernel_init == "orthogonal" else nn.initializers.lecun_normal()
+    init = (nn.initializers.orthogonal(scale) if kernel_init == "orthogonal"
+            else nn.initializers.lecun_normal())
     return nn.Dense(features, kernel_init=init, bias_init=nn.initializers.zeros)
 
 
@@ -307,7 +310,7 @@ def ppo_loss(params, apply_actor, apply_critic, spec, batch, clip_coef, args):
     if args.norm_adv:
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
     pg_loss = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - clip_coef, 1 + clip_coef) * adv).mean()
-    v_loss = jnp.mean((apply_critic(params["v"], batch.obs) - batch.target) ** 2)
+    v_loss = jnp.mean((apply_critic(params["v"], batch.obs) - batch.return_target) ** 2)
     ent = entropy(spec, dist).mean()
     loss = pg_loss + args.vf_coef * v_loss - args.ent_coef * ent
     stats = dict(
@@ -330,14 +333,6 @@ class Transition(NamedTuple):
     done: jax.Array  # the step ends an episode (terminated or truncated)
     return_target: jax.Array = None  # filled after the rollout
     advantage: jax.Array = None
-
-
-class Batch(NamedTuple):
-    obs: jax.Array  # normalised
-    action: jax.Array
-    log_prob: jax.Array
-    advantage: jax.Array
-    target: jax.Array
 
 
 class TrainState(NamedTuple):
@@ -424,7 +419,7 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         """num_epochs passes over the batch in shuffled minibatches."""
         progress = state.iteration / num_iterations
         clip_coef = args.clip_coef * (1.0 - progress) if args.anneal_clip else args.clip_coef
-        flat = Batch(norm(state, traj.obs), traj.action, traj.log_prob, traj.advantage, traj.return_target)
+        flat = traj._replace(obs=norm(state, traj.obs))
         flat = jax.tree.map(lambda x: x.reshape((batch_size,) + x.shape[2:]), flat)
         grad_fn = jax.grad(ppo_loss, has_aux=True)
 
@@ -451,13 +446,12 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         state, traj, (done, ep_return, ep_length, discounted_return) = rollout(state)
         state, stats = update(state, traj)
         # Statistics for the next rollout, from this one's observations and returns.
-        state = state._replace(
-            obs_rms=envs.rms_update(state.obs_rms, traj.obs) if args.normalize_obs else state.obs_rms,
-            reward_scaler=state.reward_scaler._replace(
-                rms=envs.rms_update(state.reward_scaler.rms, discounted_return))
-            if args.normalize_reward else state.reward_scaler,
-            iteration=state.iteration + 1,
-        )
+        obs_rms, scaler = state.obs_rms, state.reward_scaler
+        if args.normalize_obs:
+            obs_rms = envs.rms_update(obs_rms, traj.obs)
+        if args.normalize_reward:
+            scaler = scaler._replace(rms=envs.rms_update(scaler.rms, discounted_return))
+        state = state._replace(obs_rms=obs_rms, reward_scaler=scaler, iteration=state.iteration + 1)
         residual = traj.return_target - traj.value
         stats.update(
             learning_rate=learning_rate,

@@ -72,7 +72,8 @@ def make(
 
 
 __all__ = [
-    "ALIASES", "BRAX_BACKENDS", "BRAX_IDS", "ENV_IDS", "GYMNAX_IDS", "ActionSpec", "Env", "RawEnv", "RewardScaler", "RunningMeanStd",
+    "ALIASES", "BRAX_BACKENDS", "BRAX_IDS", "ENV_IDS", "GYMNAX_IDS", "ActionSpec", "Env", "RawEnv",
+    "RewardScaler", "RunningMeanStd",
     "Timestep", "UnknownEnvError", "canonical_id", "is_brax", "make", "normalize_obs",
     "reward_scaler_init", "rms_init", "rms_update", "scale_reward", "track_returns",
     "with_clipped_actions", "with_time_limit",
