@@ -286,7 +286,7 @@ def mode(spec, dist):
 def gae(rewards, values, dones, last_value, gamma, lam):
     """GAE(lambda) over a [T, E] rollout, backwards in time:
         delta_t = r_t + gamma (1 - d_t) V_{t+1} - V_t
-        A_t     = delta_t + gamma lambda (1 - d_t) A_{t+1}
+        A_t     = delta_t + gamma (1 - d_t) lambda A_{t+1}
     and the lambda-returns A_t + V_t (the value targets). d_t = 1 where step t ends an episode
     (terminated or truncated; a truncation's bootstrap is already inside r_t)."""
     next_values = jnp.concatenate([values[1:], last_value[None]], 0)
@@ -294,7 +294,7 @@ def gae(rewards, values, dones, last_value, gamma, lam):
 
     def backward(adv_next, x):
         delta, done = x
-        adv = delta + gamma * lam * (1.0 - done) * adv_next
+        adv = delta + gamma * (1.0 - done) * lam * adv_next
         return adv, adv
 
     _, advantages = jax.lax.scan(backward, jnp.zeros_like(last_value), (deltas, dones), reverse=True)
