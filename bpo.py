@@ -54,7 +54,8 @@ import envs
 # ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Args:
-    # The defaults are the reference's `cartpole_ppo` + `ppo_bpo_zero` settings run for 500k steps.
+    # The defaults are the reference's `cartpole_ppo` + `ppo_bpo_zero1.0` settings run for 200k
+    # steps (about a minute for 4 seeds on a 2-core CPU).
     preset: tuple[str, ...] = ()
     """named presets applied in order before any other flag (see PRESETS); later flags override them"""
     env_id: str = "CartPole-v1"
@@ -65,7 +66,7 @@ class Args:
     """first seed; the run trains seeds seed, seed+1, ..., seed+num_seeds-1"""
     num_seeds: int = 4
     """independent seeds trained together (vmapped) in one program"""
-    total_timesteps: int = 500_000
+    total_timesteps: int = 200_000
     """environment steps per seed"""
     num_envs: int = 8
     """parallel environments per seed"""
@@ -137,7 +138,7 @@ class Args:
     weight_td: bool = True
     """weight FQE's TD loss by clip(pi/mu, 0.1, 10), normalised to mean 1"""
     clip_targets: bool = True
-    """clip FQE targets to [r_min, r_max] / (1 - discount), and q_hat in mu's target"""
+    """clip FQE targets to [min(r_min, 0), max(r_max, 0)] / (1 - discount), and q_hat in mu's target"""
     symlog_targets: bool = True
     """Q and q_hat predict symlog of their value, regress on symlog(target)"""
     symlog_reg_coef: float = 1.0
@@ -185,6 +186,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         fqe_minibatch_size=256, mu_minibatch_size=128, fqe_epochs=20, mu_epochs=20,
         normalize_obs=True,  # ours: Brax observations are unscaled
         eval_every=50_000,
+    ),
+    # RL Baselines3 Zoo's Pendulum-v1 PPO settings (as ppo.py's pendulum_ppo), BPO phases on top.
+    "pendulum_ppo": dict(
+        env_id="Pendulum-v1", total_timesteps=200_000, num_envs=4, num_steps=1024,
+        minibatch_size=64, num_epochs=10, gamma=0.9, gae_lambda=0.95, clip_coef=0.2,
+        anneal_clip=False, learning_rate=1e-3, anneal_lr=False, ent_coef=0.0, vf_coef=0.5,
+        hidden_sizes=(64, 64), q_hidden_sizes=(64, 64), actor_activation="tanh",
+        critic_activation="tanh", kernel_init="orthogonal", normalize_obs=False, eval_every=20_000,
+        weight_td=True, clip_targets=True, replay_size=4096, fqe_minibatch_size=256,
+        mu_minibatch_size=128, fqe_epochs=10, mu_epochs=10,
     ),
     "ppo_bpo": _PPO_BPO,
     "ppo_bpo_zero": _ZERO,
@@ -378,8 +389,9 @@ def vtrace(rewards, values, dones, last_value, log_pi, log_mu, gamma, lam, clip_
         adv_t = r_t + gamma (1 - d_t) ((1 - lambda) V_{t+1} + lambda vs_{t+1}) - V_t
               = delta_t + gamma (1 - d_t) lambda (vs_{t+1} - V_{t+1})
 
-    With pi = mu every ratio is 1 and both are GAE(lambda) and the lambda-returns, bit for bit
-    (the recursion does ppo.gae's float operations in ppo.gae's order). Returns vs, adv, rho."""
+    With pi = mu every ratio is 1 and both are GAE(lambda) and the lambda-returns of ppo.py (to
+    float32 rounding: XLA may round the same arithmetic differently in two programs).
+    Returns vs, adv, rho."""
     ratio = jnp.exp(log_pi - log_mu)
     rho = jnp.minimum(ratio, clip_rho)
     c = lam * jnp.minimum(ratio, clip_c)
@@ -389,11 +401,10 @@ def vtrace(rewards, values, dones, last_value, log_pi, log_mu, gamma, lam, clip_
     def backward(err_next, x):  # err = vs - V
         delta, done, rho_t, c_t = x
         err = rho_t * delta + gamma * (1.0 - done) * c_t * err_next
-        return err, err
+        adv = delta + gamma * (1.0 - done) * lam * err_next
+        return err, (err, adv)
 
-    _, err = jax.lax.scan(backward, jnp.zeros_like(last_value), (deltas, dones, rho, c), reverse=True)
-    err_next = jnp.concatenate([err[1:], jnp.zeros_like(last_value)[None]], 0)
-    adv = deltas + gamma * (1.0 - dones) * lam * err_next
+    _, (err, adv) = jax.lax.scan(backward, jnp.zeros_like(last_value), (deltas, dones, rho, c), reverse=True)
     return err + values, adv, rho
 
 
@@ -688,8 +699,11 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
             y = reward + discount * (1 - terminal + truncated) * E_{a' ~ pi(.|s')} Q'(s', a'),
         (discrete: the exact expectation; continuous: one sample a') regressed by Q(s, a), with
         Q' the target network (symlog_targets: y from the online network, regressed in symlog
-        space, plus symlog_reg_coef * (Q - Q')^2); clip_targets clips y to [r_lo, r_hi] / (1 -
-        discount); weight_td weights each TD error by clip(pi/mu, 0.1, 10) normalised to mean 1."""
+        space, plus symlog_reg_coef * (Q - Q')^2); weight_td weights each TD error by
+        clip(pi/mu, 0.1, 10) normalised to mean 1; clip_targets clips y to the range of any
+        discounted return, [min(r_lo, 0), max(r_hi, 0)] / (1 - discount). (The reference clips to
+        [r_lo, r_hi] / (1 - discount), which assumes episodes never end: with rewards >= r_lo > 0,
+        as in CartPole, it lifts every target to r_lo / (1 - discount) and flattens Q.)"""
         rb, p = state.replay, state.params
         key, k_next, k_mb = jax.random.split(state.key, 3)
         obs, next_obs = norm(state, rb.obs), norm(state, rb.next_obs)
@@ -697,7 +711,7 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         a_next = None if spec.discrete else sample(spec, pi_next, k_next)  # fixed for the phase
         mask = 1.0 - rb.terminal + rb.truncated
         w_td = jnp.clip(jnp.exp(log_prob(spec, actor.apply(p["pi"], obs), rb.action) - rb.log_mu), 0.1, 10.0)
-        lo, hi = r_lo / (1.0 - discount), r_hi / (1.0 - discount)
+        lo, hi = jnp.minimum(r_lo, 0.0) / (1.0 - discount), jnp.maximum(r_hi, 0.0) / (1.0 - discount)
 
         def next_value(params, idx):
             if spec.discrete:
@@ -932,6 +946,15 @@ def plot_curves(rows: list[dict], path: str, title: str) -> None:
     plt.close(fig)
 
 
+def init_seeds(trainer: Trainer, seeds: list[int]) -> TrainState:
+    """The initial states of the seeds, stacked on a leading axis. Each seed is initialised on its
+    own (one compiled init, called per seed), so seed i starts exactly as seed i run alone, and no
+    QR is batched: jaxlib's batched CPU QR (orthogonal init under vmap) can deadlock its thread
+    pool on a small machine."""
+    init = jax.jit(trainer.init)
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *[init(jax.random.PRNGKey(s)) for s in seeds])
+
+
 def run(args: Args, algo: str = "bpo") -> dict:
     """Validate, train, write every output; returns the summary. Metric rows are written as they
     arrive, and an interruption (Ctrl-C) still writes the summary, curves and parameters."""
@@ -947,8 +970,7 @@ def run(args: Args, algo: str = "bpo") -> dict:
                        versions=versions(), device=f"{device.platform}: {device.device_kind}"), f, indent=2)
 
     t0 = time.perf_counter()
-    keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds))
-    state = jax.block_until_ready(jax.jit(jax.vmap(trainer.init))(keys))
+    state = jax.block_until_ready(init_seeds(trainer, seeds))
     chunk = jax.jit(jax.vmap(trainer.train_chunk, in_axes=(0, None))).lower(state, jnp.int32(0)).compile()
     compile_seconds = time.perf_counter() - t0
 

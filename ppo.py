@@ -555,6 +555,15 @@ def plot_curves(rows: list[dict], path: str, title: str) -> None:
     plt.close(fig)
 
 
+def init_seeds(trainer: Trainer, seeds: list[int]) -> TrainState:
+    """The initial states of the seeds, stacked on a leading axis. Each seed is initialised on its
+    own (one compiled init, called per seed), so seed i starts exactly as seed i run alone, and no
+    QR is batched: jaxlib's batched CPU QR (orthogonal init under vmap) can deadlock its thread
+    pool on a small machine."""
+    init = jax.jit(trainer.init)
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *[init(jax.random.PRNGKey(s)) for s in seeds])
+
+
 def run(args: Args, algo: str = "ppo") -> dict:
     """Validate, train, write every output; returns the summary. Metric rows are written as they
     arrive, and an interruption (Ctrl-C) still writes the summary, curves and parameters."""
@@ -570,8 +579,7 @@ def run(args: Args, algo: str = "ppo") -> dict:
                        versions=versions(), device=f"{device.platform}: {device.device_kind}"), f, indent=2)
 
     t0 = time.perf_counter()
-    keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds))
-    state = jax.block_until_ready(jax.jit(jax.vmap(trainer.init))(keys))
+    state = jax.block_until_ready(init_seeds(trainer, seeds))
     chunk = jax.jit(jax.vmap(trainer.train_chunk, in_axes=(0, None))).lower(state, jnp.int32(0)).compile()
     compile_seconds = time.perf_counter() - t0
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = ["ppo.py"]
+SCRIPTS = ["ppo.py", "bpo.py"]
 
 
 def run_script(script, *flags, cwd=ROOT):
@@ -25,10 +25,16 @@ CASES = [
     (["--preset", "nonsense"], ["unknown preset 'nonsense'", "cartpole_ppo"]),
     (["--env-id", "hopper", "--env-backend", "warp"], ["--env-backend 'warp'", "mjx"]),
 ]
+BPO_CASES = [
+    (["--replay-size", "0"], ["--replay-size must be positive"]),
+    (["--fqe-epochs", "-1"], ["--fqe-epochs must be >= 0"]),
+    (["--clip-rho", "0"], ["--clip-rho must be positive"]),
+    (["--polyak-tau", "1.5"], ["--polyak-tau must be in [0, 1]"]),
+]
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
-@pytest.mark.parametrize("flags,expected", CASES)
+@pytest.mark.parametrize("script,flags,expected",
+                         [(s, f, e) for s in SCRIPTS for f, e in CASES] + [("bpo.py", f, e) for f, e in BPO_CASES])
 def test_bad_input_is_one_clear_line(script, flags, expected, tmp_path):
     out = tmp_path / "out"
     r = run_script(script, *flags, "--output-dir", str(out))

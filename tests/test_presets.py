@@ -2,6 +2,7 @@
 
 import pytest
 
+import bpo
 import ppo
 
 # (preset, field, value) from ../shared/BPO.md and PureJaxRL's CartPole config.
@@ -42,3 +43,35 @@ def test_brax_task_without_preset_gets_mujoco_settings():
     assert ppo.parse_args(["--env-id", "ant"]).preset == ("mujoco_ppo",)
     assert ppo.parse_args(["--env-id", "ant", "--preset"]).preset == ()
     assert ppo.parse_args([]).preset == ()
+
+
+BPO_PUBLISHED = [
+    ("cartpole_ppo", "replay_size", 1024), ("cartpole_ppo", "fqe_minibatch_size", 256),
+    ("cartpole_ppo", "mu_minibatch_size", 128), ("cartpole_ppo", "fqe_epochs", 10),
+    ("cartpole_ppo", "mu_epochs", 10), ("cartpole_ppo", "weight_td", True),
+    ("cartpole_ppo", "clip_targets", True), ("cartpole_ppo", "num_epochs", 20),
+    ("cartpole_ppo", "gae_lambda", 0.8), ("cartpole_ppo", "critic_activation", "tanh"),
+    ("mujoco_ppo", "replay_size", 8192), ("mujoco_ppo", "fqe_minibatch_size", 256),
+    ("mujoco_ppo", "mu_minibatch_size", 128), ("mujoco_ppo", "fqe_epochs", 20),
+    ("mujoco_ppo", "mu_epochs", 20), ("mujoco_ppo", "ent_coef", 0.001), ("mujoco_ppo", "num_steps", 2048),
+    ("ppo_bpo", "clip_rho", 1.5), ("ppo_bpo", "clip_c", 1.5), ("ppo_bpo", "symlog_targets", True),
+    ("ppo_bpo", "polyak_tau", 0.02), ("ppo_bpo", "q_layer_norm", False),
+    ("ppo_bpo_zero", "q_layer_norm", True), ("ppo_bpo_zero", "q_zero_init", True),
+    ("ppo_bpo_zero", "q_kernel_init", "orthogonal"), ("ppo_bpo_zero", "clip_rho", 1.5),
+    ("ppo_bpo_zero", "polyak_tau", 0.02), ("ppo_bpo_zero", "symlog_targets", True),
+    ("ppo_bpo_zero1.0", "clip_rho", 1.0), ("ppo_bpo_zero1.0", "clip_c", 1.0),
+    ("ppo_bpo_zero1.0", "q_layer_norm", True),
+    ("ppo_bpo_zero1.0_1.5", "clip_rho", 1.5), ("ppo_bpo_zero1.0_1.5", "clip_c", 1.0),
+    ("ppo_bpo_zero1.0_1.4", "clip_rho", 1.4), ("ppo_bpo_zero1.0_1.4", "clip_c", 1.0),
+]
+
+
+@pytest.mark.parametrize("preset,field,value", BPO_PUBLISHED)
+def test_bpo_preset_values(preset, field, value):
+    assert getattr(bpo.parse_args(["--preset", preset]), field) == value
+
+
+def test_bpo_presets_compose_with_a_base():
+    args = bpo.parse_args(["--preset", "mujoco_ppo", "ppo_bpo_zero1.0_1.5", "--clip-c", "1.2"])
+    assert (args.num_steps, args.replay_size, args.clip_rho, args.clip_c, args.q_zero_init) == (2048, 8192, 1.5, 1.2, True)
+    assert bpo.parse_args(["--env-id", "hopper"]).preset == ("mujoco_ppo", "ppo_bpo_zero1.0")
