@@ -54,7 +54,7 @@ import envs
 # ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Args:
-    # The defaults are the reference's `cartpole_ppo` + `ppo_bpo_zero1.0` settings run for 200k
+    # The defaults are the reference's `cartpole_ppo` + `ppo_bpo_zero1.0` settings run for 150k
     # steps (about a minute for 4 seeds on a 2-core CPU).
     preset: tuple[str, ...] = ()
     """named presets applied in order before any other flag (see PRESETS); later flags override them"""
@@ -66,7 +66,7 @@ class Args:
     """first seed; the run trains seeds seed, seed+1, ..., seed+num_seeds-1"""
     num_seeds: int = 4
     """independent seeds trained together (vmapped) in one program"""
-    total_timesteps: int = 200_000
+    total_timesteps: int = 150_000
     """environment steps per seed"""
     num_envs: int = 8
     """parallel environments per seed"""
@@ -391,7 +391,7 @@ def vtrace(rewards, values, dones, last_value, log_pi, log_mu, gamma, lam, clip_
 
     With pi = mu every ratio is 1 and both are GAE(lambda) and the lambda-returns of ppo.py (to
     float32 rounding: XLA may round the same arithmetic differently in two programs).
-    Returns vs, adv, rho."""
+    Returns vs, adv, rho and the fractions of ratios clipped by clip_rho and by clip_c."""
     ratio = jnp.exp(log_pi - log_mu)
     rho = jnp.minimum(ratio, clip_rho)
     c = lam * jnp.minimum(ratio, clip_c)
@@ -405,7 +405,8 @@ def vtrace(rewards, values, dones, last_value, log_pi, log_mu, gamma, lam, clip_
         return err, (err, adv)
 
     _, (err, adv) = jax.lax.scan(backward, jnp.zeros_like(last_value), (deltas, dones, rho, c), reverse=True)
-    return err + values, adv, rho
+    clipped = dict(rho_clip_frac=jnp.mean(ratio > clip_rho), c_clip_frac=jnp.mean(ratio > clip_c))
+    return err + values, adv, rho, clipped
 
 
 # ----------------------------------------------------------------------------------------------
@@ -556,7 +557,7 @@ class Trainer(NamedTuple):
     """The pure functions of one seed; see make_train. Each phase maps TrainState -> TrainState."""
 
     init: Any  # key -> TrainState
-    rollout: Any  # TrainState -> (TrainState, Transition [T, E], (vs, adv, rho), episode stats)
+    rollout: Any  # TrainState -> (TrainState, Transition [T, E], (vs, adv, rho, clipped), episode stats)
     ppo_update: Any  # (TrainState, Batch, lr) -> (TrainState, stats)
     fit_q: Any  # (TrainState, lr) -> (TrainState, stats)
     variance_rewards: Any  # TrainState -> r_hat over the replay buffer
@@ -815,7 +816,7 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
     # One iteration: steps 1-7 -------------------------------------------------------------------
     def iteration(state):
         lr = args.learning_rate * (1.0 - state.iteration / num_iterations) if args.anneal_lr else args.learning_rate
-        state, traj, (vs, adv, rho), (done, ep_return, ep_length, discounted_return) = rollout(state)
+        state, traj, (vs, adv, rho, clipped), (done, ep_return, ep_length, discounted_return) = rollout(state)
         if args.weight_on_adv:
             batch = Batch(norm(state, traj.obs), traj.action, traj.log_pi, adv * rho, vs)
         else:
@@ -835,11 +836,10 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         ratio = jnp.exp(traj.log_pi - traj.log_mu)
         residual = vs - traj.value
         stats.update(
-            **q_stats, **q_hat_stats, **mu_stats,
+            **q_stats, **q_hat_stats, **mu_stats, **clipped,
             learning_rate=jnp.float32(lr),
             explained_variance=1.0 - residual.var() / (vs.var() + 1e-8),
             ratio_mean=ratio.mean(), ratio_max=ratio.max(),
-            rho_clip_frac=jnp.mean(ratio > args.clip_rho), c_clip_frac=jnp.mean(ratio > args.clip_c),
             kl_mu_pi=jnp.mean(traj.log_mu - traj.log_pi),  # E_mu[log mu - log pi] = KL(mu || pi)
             ess=ratio.sum() ** 2 / (ratio.size * jnp.sum(ratio**2)),  # effective sample size / n
             r_max=state.r_max, r_min=state.r_min, r_hat_max=state.r_hat_max,

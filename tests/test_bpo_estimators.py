@@ -47,12 +47,13 @@ def random_rollout(seed, T=29, E=3):
 def test_vtrace_matches_definition(clip_rho, clip_c):
     for seed, (gamma, lam) in enumerate([(0.99, 0.95), (0.9, 0.0), (0.98, 1.0)]):
         r, V, d, last, log_pi, log_mu = random_rollout(seed)
-        vs, adv, rho = bpo.vtrace(*map(jnp.asarray, (r, V, d, last, log_pi, log_mu)), gamma, lam, clip_rho, clip_c)
+        vs, adv, rho, clipped = bpo.vtrace(*map(jnp.asarray, (r, V, d, last, log_pi, log_mu)), gamma, lam, clip_rho, clip_c)
         ratio = np.exp(log_pi - log_mu)
         ref_vs, ref_adv = reference_vtrace(r, V, d, last, ratio, gamma, lam, clip_rho, clip_c)
         np.testing.assert_allclose(vs, ref_vs, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(adv, ref_adv, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(rho, np.minimum(ratio, clip_rho), rtol=1e-5)
+        assert float(clipped["c_clip_frac"]) == pytest.approx(np.mean(ratio > clip_c))
 
 
 def test_vtrace_with_pi_equal_mu_is_ppo_gae():
@@ -60,7 +61,7 @@ def test_vtrace_with_pi_equal_mu_is_ppo_gae():
     args = [jnp.asarray(x, jnp.float32) for x in (r, V, d, last)]
     log_pi = jnp.asarray(log_pi, jnp.float32)
     for gamma, lam in [(0.99, 0.95), (0.98, 0.8)]:
-        vs, adv, rho = bpo.vtrace(*args, log_pi, log_pi, gamma, lam, 1.5, 1.5)
+        vs, adv, rho, _ = bpo.vtrace(*args, log_pi, log_pi, gamma, lam, 1.5, 1.5)
         gae_adv, lambda_returns = ppo.gae(*args, gamma, lam)
         # Equal up to float32 rounding (XLA rounds the same sums differently in two programs;
         # ppo.gae jitted and not jitted differ as much).

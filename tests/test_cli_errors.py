@@ -7,7 +7,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = ["ppo.py", "bpo.py"]
+SCRIPTS = ["ppo.py", "bpo.py", "bpo_traj.py"]
 
 
 def run_script(script, *flags, cwd=ROOT):
@@ -34,7 +34,8 @@ BPO_CASES = [
 
 
 @pytest.mark.parametrize("script,flags,expected",
-                         [(s, f, e) for s in SCRIPTS for f, e in CASES] + [("bpo.py", f, e) for f, e in BPO_CASES])
+                         [(s, f, e) for s in SCRIPTS for f, e in CASES]
+                         + [(s, f, e) for s in SCRIPTS[1:] for f, e in BPO_CASES])
 def test_bad_input_is_one_clear_line(script, flags, expected, tmp_path):
     out = tmp_path / "out"
     r = run_script(script, *flags, "--output-dir", str(out))

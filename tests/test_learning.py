@@ -3,6 +3,7 @@
 import dataclasses
 
 import bpo
+import bpo_traj
 import ppo
 
 
@@ -22,4 +23,16 @@ def test_ppo_improves_on_pendulum(tmp_path):
 def test_bpo_learns_cartpole(tmp_path):
     # Defaults (cartpole_ppo + ppo_bpo_zero1.0) reach ~490 on 4 seeds by 60k steps.
     s = bpo.run(bpo.Args(num_seeds=2, total_timesteps=80_000, eval_every=20_000, output_dir=str(tmp_path)))
+    assert min(s["final_eval_return"]) >= 400, s["final_eval_return"]
+
+
+def test_bpo_improves_on_pendulum(tmp_path):
+    # Continuous actions (Q on concat(s, a), reparameterised kl_qhat mu loss): about -280 by 98k steps.
+    args = bpo.apply_presets(bpo.Args(), ["pendulum_ppo", "ppo_bpo_zero1.0"])
+    s = bpo.run(dataclasses.replace(args, num_seeds=2, total_timesteps=98_304, output_dir=str(tmp_path)))
+    assert s["final_eval_return_mean"] > -600, s["final_eval_return"]
+
+
+def test_bpo_traj_learns_cartpole(tmp_path):
+    s = bpo_traj.run(bpo_traj.Args(num_seeds=2, total_timesteps=80_000, eval_every=20_000, output_dir=str(tmp_path)))
     assert min(s["final_eval_return"]) >= 400, s["final_eval_return"]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import bpo
+import bpo_traj
 import envs
 import ppo
 
@@ -19,7 +20,7 @@ BPO_TINY = dict(replay_size=256, fqe_epochs=2, mu_epochs=2)
 
 
 def tiny(module, **kw):
-    extra = BPO_TINY if module is bpo else {}
+    extra = BPO_TINY if module in (bpo, bpo_traj) else {}
     return module.Args(**{**TINY, **extra, **kw})
 
 
@@ -28,7 +29,7 @@ def read_rows(out):
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize("module", [ppo, bpo])
+@pytest.mark.parametrize("module", [ppo, bpo, bpo_traj])
 def test_outputs_exist_and_parse(module, tmp_path):
     out = tmp_path / "run"
     summary = module.run(tiny(module, num_seeds=2, seed=5, output_dir=str(out)))
@@ -54,11 +55,11 @@ def test_outputs_exist_and_parse(module, tmp_path):
     saved = flax.serialization.msgpack_restore(open(out / "params.msgpack", "rb").read())
     kernel = saved["params"]["pi"]["params"]["MLP_0"]["Dense_0"]["kernel"]
     assert kernel.shape == (2, 4, 64) and list(saved["seeds"]) == [5, 6]
-    if module is bpo:
+    if module in (bpo, bpo_traj):
         assert set(saved["params"]) == {"pi", "mu", "v", "q", "q_target", "q_hat", "q_hat_target"}
 
 
-@pytest.mark.parametrize("module", [ppo, bpo])
+@pytest.mark.parametrize("module", [ppo, bpo, bpo_traj])
 def test_same_command_same_numbers(module, tmp_path):
     a = module.run(tiny(module, num_seeds=2, output_dir=str(tmp_path / "a")))
     b = module.run(tiny(module, num_seeds=2, output_dir=str(tmp_path / "b")))
@@ -68,7 +69,7 @@ def test_same_command_same_numbers(module, tmp_path):
     assert read_rows(tmp_path / "c") != read_rows(tmp_path / "a")
 
 
-@pytest.mark.parametrize("module", [ppo, bpo])
+@pytest.mark.parametrize("module", [ppo, bpo, bpo_traj])
 def test_seed_in_batch_equals_seed_alone(module, tmp_path):
     """Seed 2 inside seeds 0..3 starts from the parameters and random streams of seed 2 alone,
     and (same arithmetic, batched) trains to the same numbers."""
