@@ -1,0 +1,174 @@
+"""Compare runs of ppo.py, bpo.py and bpo_traj.py the way a paper does.
+
+Given output folders (each a multi-seed run), draws eval return against env steps, with the
+interquartile mean (IQM) over seeds and a bootstrap confidence band, one panel per environment
+(PNG and SVG), and prints and writes a Markdown table: final return (IQM and interval), area under
+the curve, and steps to a threshold.
+
+    python compare.py runs/ppo_hopper_* runs/bpo_hopper_* --output comparison
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import tyro
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class Args:
+    runs: tyro.conf.Positional[tuple[str, ...]]
+    """output folders of ppo.py / bpo.py / bpo_traj.py runs"""
+    labels: tuple[str, ...] = ()
+    """a label per run (default: the algorithm and its presets)"""
+    output: str = "comparison"
+    """path prefix of the outputs: <output>.png, <output>.svg, <output>.md"""
+    threshold: float | None = None
+    """return for "steps to threshold"; default: per environment, 90% of the best final IQM"""
+    confidence: float = 0.95
+    """confidence level of the bootstrap intervals"""
+    resamples: int = 2000
+    """bootstrap resamples"""
+    seed: int = 0
+    """seed of the bootstrap"""
+
+
+class CompareError(ValueError):
+    pass
+
+
+class Run(NamedTuple):
+    label: str
+    env_id: str
+    steps: np.ndarray  # [n_evals]
+    returns: np.ndarray  # [n_seeds, n_evals] eval returns
+
+
+def load_run(folder: str, label: str | None) -> Run:
+    """Read config.json and metrics.csv of one run; any problem is an error naming the file."""
+    config_path, metrics_path = os.path.join(folder, "config.json"), os.path.join(folder, "metrics.csv")
+    for path in (config_path, metrics_path):
+        if not os.path.isfile(path):
+            raise CompareError(f"{path}: missing (is {folder!r} an output folder of ppo.py, bpo.py or bpo_traj.py?)")
+    try:
+        with open(config_path) as f:
+            config = json.load(f)
+        algo, env_id, presets = config["algo"], config["env_id"], config["args"].get("preset", [])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CompareError(f"{config_path}: malformed ({e!r})")
+    try:
+        with open(metrics_path, newline="") as f:
+            rows = [(int(r["seed"]), int(r["env_steps"]), float(r["eval_return"])) for r in csv.DictReader(f)]
+    except (KeyError, ValueError, TypeError) as e:
+        raise CompareError(f"{metrics_path}: malformed ({e!r})")
+    if not rows:
+        raise CompareError(f"{metrics_path}: no rows")
+    seeds, steps = sorted({r[0] for r in rows}), sorted({r[1] for r in rows})
+    returns = np.full((len(seeds), len(steps)), np.nan)
+    for seed, step, ret in rows:
+        returns[seeds.index(seed), steps.index(step)] = ret
+    if np.isnan(returns).any():
+        raise CompareError(f"{metrics_path}: malformed (not every seed has a row at every env_steps)")
+    label = label or " + ".join([algo, *presets])
+    return Run(label, env_id, np.asarray(steps), returns)
+
+
+def iqm(x, axis=-1):
+    """Interquartile mean: the mean of the middle 50% (Agarwal et al. 2021)."""
+    return stats.trim_mean(x, 0.25, axis=axis)
+
+
+def iqm_interval(x: np.ndarray, args: Args) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile-bootstrap interval of the IQM over seeds (last axis), for every leading index."""
+    if x.shape[-1] < 2:
+        return iqm(x), iqm(x)
+    res = stats.bootstrap((x,), iqm, axis=-1, vectorized=True, n_resamples=args.resamples,
+                          confidence_level=args.confidence, method="percentile",
+                          rng=np.random.default_rng(args.seed))
+    return res.confidence_interval.low, res.confidence_interval.high
+
+
+def steps_to(run: Run, threshold: float) -> np.ndarray:
+    """Per seed, the first env_steps at which the eval return reaches threshold (nan if never)."""
+    hit = run.returns >= threshold
+    return np.where(hit.any(1), run.steps[np.argmax(hit, 1)], np.nan)
+
+
+def table(runs: list[Run], args: Args) -> str:
+    best_final = {}
+    for run in runs:
+        best_final[run.env_id] = max(best_final.get(run.env_id, -np.inf), float(iqm(run.returns[:, -1])))
+    lines = [f"| run | env | seeds | final return, IQM [{args.confidence:.0%} CI] | AUC (mean IQM return) "
+             f"| threshold | steps to threshold (median; reached) |", "|---|---|---|---|---|---|---|"]
+    for run in runs:
+        final = run.returns[:, -1]
+        lo, hi = iqm_interval(final, args)
+        curve = iqm(run.returns.T)
+        span = run.steps[-1] - run.steps[0]
+        auc = np.trapezoid(curve, run.steps) / span if span > 0 else curve[0]
+        threshold = args.threshold if args.threshold is not None else 0.9 * best_final[run.env_id]
+        first = steps_to(run, threshold)
+        reached = int(np.isfinite(first).sum())
+        median = f"{np.nanmedian(first):,.0f}" if reached else "never"
+        lines.append(f"| {run.label} | {run.env_id} | {len(final)} | {iqm(final):.1f} [{float(lo):.1f}, {float(hi):.1f}] "
+                     f"| {auc:.1f} | {threshold:.1f} | {median}; {reached}/{len(final)} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[Run], args: Args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    env_ids = list(dict.fromkeys(r.env_id for r in runs))
+    fig, axes = plt.subplots(1, len(env_ids), figsize=(5.5 * len(env_ids), 4), squeeze=False)
+    for ax, env_id in zip(axes[0], env_ids):
+        for run in (r for r in runs if r.env_id == env_id):
+            lo, hi = iqm_interval(run.returns.T, args)
+            line, = ax.plot(run.steps, iqm(run.returns.T), label=f"{run.label} ({run.returns.shape[0]} seeds)")
+            ax.fill_between(run.steps, lo, hi, color=line.get_color(), alpha=0.2)
+        ax.set(title=env_id, xlabel="environment steps (per seed)", ylabel="eval return (IQM over seeds)")
+        ax.legend(fontsize="small")
+    fig.suptitle(f"IQM over seeds, {args.confidence:.0%} bootstrap interval shaded")
+    fig.tight_layout()
+    for ext in ("png", "svg"):
+        fig.savefig(f"{args.output}.{ext}", dpi=120)
+    plt.close(fig)
+
+
+def compare(args: Args) -> str:
+    if not args.runs:
+        raise CompareError("give at least one output folder")
+    if args.labels and len(args.labels) != len(args.runs):
+        raise CompareError(f"--labels has {len(args.labels)} names for {len(args.runs)} runs")
+    labels = args.labels or (None,) * len(args.runs)
+    runs = [load_run(folder, label) for folder, label in zip(args.runs, labels)]
+    out_dir = os.path.dirname(args.output)
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+    plot(runs, args)
+    md = table(runs, args)
+    with open(f"{args.output}.md", "w") as f:
+        f.write(md)
+    return md
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = tyro.cli(Args, args=argv, description=__doc__)
+    try:
+        md = compare(args)
+    except CompareError as e:
+        raise SystemExit(f"compare.py: error: {e}")
+    print(md + f"\nwrote {args.output}.png, {args.output}.svg, {args.output}.md")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
