@@ -108,6 +108,9 @@ class Args:
     """activation of the hidden layers of V, Q and q_hat"""
     kernel_init: Literal["orthogonal", "lecun_normal"] = "lecun_normal"
     """weight init of pi, mu, V: orthogonal (gain sqrt 2; 0.01 actor head, 1 critic head) or lecun_normal"""
+    noise_hold_steps: int = 0
+    """hold each Gaussian exploration noise draw for this many rollout steps, per environment (the
+    reference's use_sde with sde_sample_freq); 0 or 1 draws new noise every step"""
     log_std_init: float = 0.0
     """initial log standard deviation of the Gaussian pi and mu (continuous actions)"""
     normalize_obs: bool = False
@@ -187,6 +190,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         kernel_init="orthogonal", weight_td=True, clip_targets=True, replay_size=8192,
         fqe_minibatch_size=256, mu_minibatch_size=128, fqe_epochs=20, mu_epochs=20,
         normalize_obs=True,  # ours: Brax observations are unscaled
+        use_sde=False, log_std_init=0.0, eval_every=50_000,
+    ),
+    # The reference's MuJoCo preset with held exploration noise (its names: use_sde, sde_sample_freq).
+    "mujoco_ppo_gsde": dict(
+        total_timesteps=2_000_000, num_envs=16, num_steps=512, minibatch_size=128, num_epochs=20,
+        gamma=0.99, gae_lambda=0.9, clip_coef=0.4, anneal_clip=False, learning_rate=3e-5,
+        anneal_lr=False, ent_coef=0.0, vf_coef=0.5, clip_actions=True, hidden_sizes=(256, 256),
+        q_hidden_sizes=(256, 256), replay_size=8192, fqe_minibatch_size=128,
+        mu_minibatch_size=128, fqe_epochs=40, mu_epochs=40, weight_td=False, clip_targets=False,
+        actor_activation="relu", critic_activation="relu", kernel_init="lecun_normal",
+        use_sde=True, sde_sample_freq=4, log_std_init=-1.0,
+        normalize_obs=True,  # ours, as in mujoco_ppo
         eval_every=50_000,
     ),
     # RL Baselines3 Zoo's Pendulum-v1 PPO settings (as ppo.py's pendulum_ppo), BPO phases on top.
@@ -233,8 +248,17 @@ def apply_presets(args: Args, names) -> Args:
     for name in names:
         if name not in PRESETS:
             raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
-        args = dataclasses.replace(args, **PRESETS[name])
+        args = dataclasses.replace(args, **from_reference_names(PRESETS[name]))
     return dataclasses.replace(args, preset=tuple(names))
+
+
+def from_reference_names(values: dict) -> dict:
+    """Presets may use the reference's names: use_sde with sde_sample_freq is noise_hold_steps."""
+    values = dict(values)
+    if "use_sde" in values:
+        use_sde, freq = values.pop("use_sde"), values.pop("sde_sample_freq", 1)
+        values["noise_hold_steps"] = freq if use_sde else 0
+    return values
 
 
 def validate(args: Args) -> None:
@@ -247,7 +271,7 @@ def validate(args: Args) -> None:
                  "fqe_minibatch_size", "mu_minibatch_size", "clip_rho", "clip_c"):
         if getattr(args, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("fqe_epochs", "mu_epochs", "max_episode_steps"):
+    for name in ("fqe_epochs", "mu_epochs", "max_episode_steps", "noise_hold_steps"):
         if getattr(args, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if args.learning_rate <= 0 or not args.hidden_sizes or not args.q_hidden_sizes:
@@ -640,12 +664,16 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
     def rollout(state):
         p = state.params
 
-        def step(carry, _):
-            env_state, obs, scaler, key = carry
+        def step(carry, t):
+            env_state, obs, scaler, noise, key = carry
             key, k_act, k_env = jax.random.split(key, 3)
             obs_n = norm(state, obs)
             mu_dist, pi_dist = actor.apply(p["mu"], obs_n), actor.apply(p["pi"], obs_n)
-            action = sample(spec, mu_dist, k_act)
+            if args.noise_hold_steps > 1:  # one noise draw per environment, held for noise_hold_steps steps
+                noise = jnp.where(t % args.noise_hold_steps == 0, jax.random.normal(k_act, noise.shape), noise)
+                action = mu_dist[0] + jnp.exp(mu_dist[1]) * noise
+            else:
+                action = sample(spec, mu_dist, k_act)
             value = critic.apply(p["v"], obs_n)
             ts = jax.vmap(env.step)(jax.random.split(k_env, args.num_envs), env_state, action)
             done = ts.terminated | ts.truncated
@@ -655,14 +683,15 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
                 reward = envs.scale_reward(scaler, reward)
             # A truncated episode did not end: bootstrap it from the TRUE final observation.
             final_value = critic.apply(p["v"], norm(state, ts.final_obs))
-            t = Transition(obs, action, log_prob(spec, mu_dist, action), log_prob(spec, pi_dist, action),
+            transition = Transition(obs, action, log_prob(spec, mu_dist, action), log_prob(spec, pi_dist, action),
                            value, reward + args.gamma * ts.truncated * final_value, done.astype(jnp.float32),
                            reward, ts.truncated.astype(jnp.float32), ts.final_obs)
             episodes = (done, ts.episode_return, ts.episode_length, discounted_return)
-            return (ts.state, ts.obs, scaler, key), (t, episodes)
+            return (ts.state, ts.obs, scaler, noise, key), (transition, episodes)
 
-        (env_state, obs, scaler, key), (traj, episodes) = jax.lax.scan(
-            step, (state.env_state, state.obs, state.reward_scaler, state.key), None, args.num_steps)
+        noise = jnp.zeros((args.num_envs, spec.n))
+        (env_state, obs, scaler, _, key), (traj, episodes) = jax.lax.scan(
+            step, (state.env_state, state.obs, state.reward_scaler, noise, state.key), jnp.arange(args.num_steps))
         last_value = critic.apply(p["v"], norm(state, obs))
         estimates = trajectory_clipped_returns(traj.reward, traj.value, traj.done, last_value, traj.log_pi,
                                                traj.log_mu, args.gamma, args.gae_lambda, args.clip_rho, args.clip_c)
@@ -969,9 +998,11 @@ def run(args: Args, algo: str = "bpo_traj") -> dict:
     """Validate, train, write every output; returns the summary. Metric rows are written as they
     arrive, and an interruption (Ctrl-C) still writes the summary, curves and parameters."""
     validate(args)
-    out = prepare_output_dir(args, algo)
     env_id = envs.canonical_id(args.env_id)
     env = envs.make(env_id, args.env_backend, args.max_episode_steps or None, args.clip_actions)
+    if args.noise_hold_steps > 1 and env.action_spec.discrete:
+        raise ConfigError(f"--noise-hold-steps {args.noise_hold_steps} needs continuous actions; {env_id} has discrete ones")
+    out = prepare_output_dir(args, algo)
     trainer = make_train(args, env)
     seeds = list(range(args.seed, args.seed + args.num_seeds))
     device = jax.devices()[0]

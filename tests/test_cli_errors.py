@@ -24,6 +24,8 @@ CASES = [
     (["--total-timesteps", "100"], ["less than one rollout"]),
     (["--preset", "nonsense"], ["unknown preset 'nonsense'", "cartpole_ppo"]),
     (["--env-id", "hopper", "--env-backend", "warp"], ["--env-backend 'warp'", "mjx"]),
+    (["--noise-hold-steps", "4"], ["--noise-hold-steps 4 needs continuous actions", "CartPole-v1"]),
+    (["--noise-hold-steps", "-1"], ["--noise-hold-steps must be >= 0"]),
 ]
 BPO_CASES = [
     (["--replay-size", "0"], ["--replay-size must be positive"]),
