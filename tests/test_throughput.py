@@ -1,0 +1,52 @@
+"""throughput.py: the training and ceiling programs run what they claim, and bad input is one line."""
+
+import json
+
+import pytest
+
+import throughput
+
+
+@pytest.mark.parametrize("script", ["ppo", "bpo", "bpo_traj"])
+def test_measures_training_and_ceiling(script, tmp_path):
+    out = tmp_path / "tp.json"
+    argv = ["--iterations", "2", "--repeats", "2", "--out", str(out), f"{script}.py",
+            "--num-seeds", "2", "--num-envs", "4", "--num-steps", "16", "--minibatch-size", "32"]
+    if script != "ppo":
+        argv += ["--replay-size", "128", "--fqe-minibatch-size", "32", "--mu-minibatch-size", "32"]
+    r = throughput.main(argv)
+    assert r["env_steps_per_call"] == 2 * 4 * 16 * 2
+    # The training program ran its iterations on every seed, once per timed call.
+    assert r["train_iterations_run"] == [4, 4]
+    # CartPole pays 1 per step: the ceiling stepped every environment of every seed each step.
+    assert r["ceiling_reward_sum"] == [4 * 16 * 2, 4 * 16 * 2]
+    assert r["train_env_steps_per_second"] > 0 and r["ceiling_env_steps_per_second"] > 0
+    assert r["ratio"] == pytest.approx(r["train_env_steps_per_second"] / r["ceiling_env_steps_per_second"])
+    assert json.loads(out.read_text())["ratio"] == pytest.approx(r["ratio"])
+
+
+def test_ceiling_random_actions_within_bounds():
+    import jax
+    import jax.numpy as jnp
+
+    import envs
+
+    spec = envs.make("Pendulum-v1").action_spec
+    a = throughput.random_actions(spec, jax.random.PRNGKey(0), 1000)
+    assert a.shape == (1000, 1) and jnp.all(a >= spec.low) and jnp.all(a <= spec.high)
+    assert float(a.std()) > 0.5  # spread over [-2, 2], not a constant
+    spec = envs.make("CartPole-v1").action_spec
+    a = throughput.random_actions(spec, jax.random.PRNGKey(0), 1000)
+    assert set(a.tolist()) == {0, 1}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--env-id", "ant"], "name a script"),
+    (["--iterations", "0", "ppo.py"], "--iterations and --repeats must be >= 1"),
+    (["ppo.py", "--env-id", "NoSuchEnv-v0"], "Valid ids: CartPole-v1"),
+    (["bpo.py", "--num-steps", "30"], "minibatch"),
+])
+def test_bad_input_is_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        throughput.main(argv)
+    assert message in str(e.value) and "\n" not in str(e.value)

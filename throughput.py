@@ -1,0 +1,164 @@
+"""Training throughput of ppo.py, bpo.py or bpo_traj.py against the raw environment (the ceiling).
+
+    python throughput.py bpo.py --env-id ant --num-seeds 16
+    python throughput.py --iterations 4 ppo.py --env-id ant --num-seeds 16
+
+Flags before the script name are this tool's; everything after it goes to that script's own
+parser, so the run is configured exactly as the script would configure it (presets included).
+Two programs are compiled (compilation is not timed) and each is timed `--repeats` times:
+- training: `--iterations` training iterations of every seed (rollout and every update, no
+  evaluation), vmapped over seeds in one scan, as the script runs them;
+- ceiling: the same number of environment steps on the same environments (num_seeds x num_envs
+  of them in parallel, the same wrappers: time limit, auto-reset, action clipping) with uniform
+  random actions and nothing else.
+It prints env steps per second of both (the median over repeats) and training / ceiling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tyro
+
+import envs
+
+SCRIPTS = ("ppo", "bpo", "bpo_traj")
+
+
+@dataclass
+class Bench:
+    """Flags of the tool; the script's flags follow the script name."""
+
+    iterations: int = 2
+    """training iterations per timed call (the ceiling steps as many env steps)"""
+    repeats: int = 3
+    """timed calls of each program after compilation; the median is reported"""
+    out: str = ""
+    """if set, write the figures to this JSON file"""
+
+
+def random_actions(spec: envs.ActionSpec, key, n: int):
+    if spec.discrete:
+        return jax.random.randint(key, (n,), 0, spec.n)
+    return jax.random.uniform(key, (n, spec.n), minval=spec.low, maxval=spec.high)
+
+
+def make_ceiling(env: envs.Env, num_envs: int, num_steps: int):
+    """One seed: num_steps steps of num_envs environments with random actions. Returns the final
+    (env_state, key) and the sums of rewards and observations, so nothing is optimised away."""
+
+    def run(env_state, key):
+        def step(carry, _):
+            env_state, key, reward_sum, obs_sum = carry
+            key, k_act, k_env = jax.random.split(key, 3)
+            action = random_actions(env.action_spec, k_act, num_envs)
+            ts = jax.vmap(env.step)(jax.random.split(k_env, num_envs), env_state, action)
+            return (ts.state, key, reward_sum + ts.reward.sum(), obs_sum + ts.obs.sum()), None
+
+        init = (env_state, key, jnp.float32(0.0), jnp.float32(0.0))
+        (env_state, key, reward_sum, obs_sum), _ = jax.lax.scan(step, init, None, length=num_steps)
+        return env_state, key, reward_sum, obs_sum
+
+    return run
+
+
+def timed(fn, x, repeats: int):
+    """Median wall time of fn over repeats calls, each continuing from the last output."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        x = jax.block_until_ready(fn(*x))
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), x
+
+
+def measure(script: str, script_argv: list[str], bench: Bench) -> dict:
+    """Compile and time both programs; returns the figures."""
+    module = importlib.import_module(script)
+    args = module.parse_args(script_argv)
+    module.validate(args)
+    env_id = envs.canonical_id(args.env_id)
+    env = envs.make(env_id, args.env_backend, args.max_episode_steps or None, args.clip_actions)
+    if args.noise_hold_steps > 1 and env.action_spec.discrete:
+        raise module.ConfigError(f"--noise-hold-steps {args.noise_hold_steps} needs continuous actions")
+    seeds = list(range(args.seed, args.seed + args.num_seeds))
+    steps = bench.iterations * args.num_envs * args.num_steps * len(seeds)
+
+    trainer = module.make_train(args, env)
+    state = jax.block_until_ready(module.init_seeds(trainer, seeds))
+
+    def train(state):
+        return jax.lax.scan(lambda s, _: trainer.iteration(s), state, None, length=bench.iterations)
+
+    t0 = time.perf_counter()
+    train_c = jax.jit(jax.vmap(train)).lower(state).compile()
+    train_compile = time.perf_counter() - t0
+    train_seconds, (state, _) = timed(lambda s, m: train_c(s), (state, None), bench.repeats)
+    iterations_run = np.asarray(state.iteration).tolist()  # per seed: iterations x repeats
+
+    ceiling = jax.vmap(make_ceiling(env, args.num_envs, args.num_steps * bench.iterations))
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds))
+    env_state = jax.vmap(lambda k: jax.vmap(env.reset)(jax.random.split(k, args.num_envs))[1])(keys)
+    t0 = time.perf_counter()
+    ceiling_c = jax.jit(ceiling).lower(env_state, keys).compile()
+    ceiling_compile = time.perf_counter() - t0
+    ceiling_seconds, (_, _, reward_sum, _) = timed(
+        lambda s, k, *_: ceiling_c(s, k), (env_state, keys, None, None), bench.repeats)
+
+    device = jax.devices()[0]
+    return dict(
+        script=f"{script}.py", argv=script_argv, env_id=env_id, num_seeds=len(seeds),
+        num_envs=args.num_envs, num_steps=args.num_steps, iterations=bench.iterations,
+        repeats=bench.repeats, env_steps_per_call=steps,
+        train_env_steps_per_second=steps / train_seconds,
+        ceiling_env_steps_per_second=steps / ceiling_seconds,
+        ratio=ceiling_seconds / train_seconds,
+        train_compile_seconds=train_compile, ceiling_compile_seconds=ceiling_compile,
+        train_iterations_run=iterations_run, ceiling_reward_sum=np.asarray(reward_sum).tolist(),
+        device=f"{device.platform}: {device.device_kind}", jax=jax.__version__,
+        args=dataclasses.asdict(args),
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    names = [a.removesuffix(".py") for a in argv]
+    found = [i for i, a in enumerate(names) if a in SCRIPTS]
+    if not found:
+        raise SystemExit(f"throughput.py: error: name a script ({', '.join(s + '.py' for s in SCRIPTS)}) "
+                         "followed by its flags, e.g. `python throughput.py bpo.py --env-id ant`")
+    i = found[0]
+    bench = tyro.cli(Bench, args=argv[:i], prog="throughput.py")
+    if bench.iterations < 1 or bench.repeats < 1:
+        raise SystemExit("throughput.py: error: --iterations and --repeats must be >= 1")
+    script = names[i]
+    try:
+        result = measure(script, argv[i + 1:], bench)
+    except (ValueError, envs.UnknownEnvError) as e:  # the scripts' ConfigError is a ValueError
+        raise SystemExit(f"throughput.py: error: {e}")
+    print(f"{script}.py {' '.join(argv[i + 1:])} on {result['device']}: "
+          f"{result['num_seeds']} seeds x {result['num_envs']} envs x {result['num_steps']} steps x "
+          f"{result['iterations']} iterations = {result['env_steps_per_call']:,} env steps per call\n"
+          f"  training: {result['train_env_steps_per_second']:>12,.0f} env steps/s "
+          f"(compile {result['train_compile_seconds']:.1f}s)\n"
+          f"  ceiling:  {result['ceiling_env_steps_per_second']:>12,.0f} env steps/s "
+          f"(random actions, compile {result['ceiling_compile_seconds']:.1f}s)\n"
+          f"  training / ceiling: {result['ratio']:.3f}", flush=True)
+    if bench.out:
+        os.makedirs(os.path.dirname(os.path.abspath(bench.out)), exist_ok=True)
+        with open(bench.out, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()
