@@ -42,8 +42,8 @@ def test_presets_use_the_reference_names():
         args = module.parse_args(["--preset", "mujoco_ppo_gsde"])
         assert (args.noise_hold_steps, args.log_std_init, args.num_envs, args.num_steps, args.minibatch_size,
                 args.num_epochs, args.gae_lambda, args.clip_coef, args.learning_rate, args.hidden_sizes,
-                args.actor_activation, args.kernel_init, args.total_timesteps) == (
-            4, -1.0, 16, 512, 128, 20, 0.9, 0.4, 3e-5, (256, 256), "relu", "lecun_normal", 2_000_000)
+                args.actor_activation, args.kernel_init, args.total_timesteps, args.normalize_obs) == (
+            4, -1.0, 16, 512, 128, 20, 0.9, 0.4, 3e-5, (256, 256), "relu", "lecun_normal", 2_000_000, False)
         assert module.parse_args(["--preset", "mujoco_ppo_gsde", "mujoco_ppo"]).noise_hold_steps == 0
     b = bpo.parse_args(["--preset", "mujoco_ppo_gsde", "ppo_bpo_zero"])
     assert (b.replay_size, b.fqe_minibatch_size, b.mu_minibatch_size, b.fqe_epochs, b.mu_epochs,
