@@ -994,14 +994,22 @@ def init_seeds(trainer: Trainer, seeds: list[int]) -> TrainState:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *[init(jax.random.PRNGKey(s)) for s in seeds])
 
 
-def run(args: Args, algo: str = "bpo_traj") -> dict:
-    """Validate, train, write every output; returns the summary. Metric rows are written as they
-    arrive, and an interruption (Ctrl-C) still writes the summary, curves and parameters."""
+def make_env(args: Args) -> envs.Env:
+    """Check the arguments and build the environment they name: every input error is raised here,
+    before anything is compiled."""
     validate(args)
     env_id = envs.canonical_id(args.env_id)
     env = envs.make(env_id, args.env_backend, args.max_episode_steps or None, args.clip_actions)
     if args.noise_hold_steps > 1 and env.action_spec.discrete:
         raise ConfigError(f"--noise-hold-steps {args.noise_hold_steps} needs continuous actions; {env_id} has discrete ones")
+    return env
+
+
+def run(args: Args, algo: str = "bpo_traj") -> dict:
+    """Validate, train, write every output; returns the summary. Metric rows are written as they
+    arrive, and an interruption (Ctrl-C) still writes the summary, curves and parameters."""
+    env = make_env(args)
+    env_id = envs.canonical_id(args.env_id)
     out = prepare_output_dir(args, algo)
     trainer = make_train(args, env)
     seeds = list(range(args.seed, args.seed + args.num_seeds))
