@@ -30,6 +30,7 @@ import numpy as np
 import tyro
 
 import envs
+import runner
 
 SCRIPTS = ("ppo", "bpo", "bpo_traj")
 
@@ -84,12 +85,13 @@ def measure(script: str, script_argv: list[str], bench: Bench) -> dict:
     """Compile and time both programs; returns the figures."""
     module = importlib.import_module(script)
     args = module.parse_args(script_argv)
-    env = module.make_env(args)  # the script's own checks and environment
+    module.validate(args)  # the script's own checks
+    env = runner.make_env(args)
     seeds = list(range(args.seed, args.seed + args.num_seeds))
     steps = bench.iterations * args.num_envs * args.num_steps * len(seeds)
 
     trainer = module.make_train(args, env)
-    state = jax.block_until_ready(module.init_seeds(trainer, seeds))
+    state = jax.block_until_ready(runner.init_seeds(trainer.init, seeds))
 
     def train(state):  # returns the metrics too, so they are computed as in a real run
         return jax.lax.scan(lambda s, _: trainer.iteration(s), state, None, length=bench.iterations)
@@ -127,8 +129,9 @@ def measure(script: str, script_argv: list[str], bench: Bench) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else list(argv)
-    names = [a.removesuffix(".py") for a in argv]
-    found = [i for i, a in enumerate(names) if a in SCRIPTS]
+    # The script is the first argument naming one of the script files (a flag's value, such as
+    # `--out ppo`, is not one).
+    found = [i for i, a in enumerate(argv) if a.endswith(".py") and os.path.basename(a)[:-3] in SCRIPTS]
     if not found:
         raise SystemExit(f"throughput.py: error: name a script ({', '.join(s + '.py' for s in SCRIPTS)}) "
                          "followed by its flags, e.g. `python throughput.py bpo.py --env-id ant`")
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     bench = tyro.cli(Bench, args=argv[:i], prog="throughput.py")
     if bench.iterations < 1 or bench.repeats < 1:
         raise SystemExit("throughput.py: error: --iterations and --repeats must be >= 1")
-    script = names[i]
+    script = os.path.basename(argv[i])[:-3]
     try:
         result = measure(script, argv[i + 1:], bench)
     except ValueError as e:  # the scripts' ConfigError and envs.UnknownEnvError

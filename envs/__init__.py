@@ -2,6 +2,7 @@
 
     env = envs.make("CartPole-v1")          # gymnax
     env = envs.make("ant")                  # Brax on MJX, 1000-step episodes
+    env = envs.make("CheetahRun")           # MuJoCo Playground's DM Control Suite on MJX (optional)
     obs, state = env.reset(key)
     ts = env.step(key, state, action)       # obs, state, reward, terminated, truncated, final_obs, ...
 """
@@ -21,10 +22,11 @@ from envs.normalize import (
     scale_reward,
     track_returns,
 )
+from envs.playground_envs import PLAYGROUND_BACKENDS, PLAYGROUND_IDS
 
 # Names used by the BPO reference code.
 ALIASES = {"cartpole": "CartPole-v1", "half_cheetah": "halfcheetah", "walker_2d": "walker2d"}
-ENV_IDS = GYMNAX_IDS + BRAX_IDS
+ENV_IDS = GYMNAX_IDS + BRAX_IDS + PLAYGROUND_IDS
 
 
 class UnknownEnvError(ValueError):
@@ -47,6 +49,11 @@ def is_brax(env_id: str) -> bool:
     return canonical_id(env_id) in BRAX_IDS
 
 
+def is_playground(env_id: str) -> bool:
+    """A MuJoCo Playground (DM Control Suite) id; making one needs the optional `playground`."""
+    return canonical_id(env_id) in PLAYGROUND_IDS
+
+
 def make(
     env_id: str,
     backend: str = "mjx",
@@ -55,7 +62,8 @@ def make(
 ) -> Env:
     """One environment with time limit, automatic reset, episode statistics and (continuous
     actions, if clip_actions) action clipping. max_episode_steps defaults to gymnax's own limit,
-    or 1000 for Brax. `backend` is the Brax physics backend."""
+    1000 for Brax, or the Playground config's episode_length (1000). `backend` is the Brax physics
+    backend; Playground ids run on MJX only ("mjx")."""
     env_id = canonical_id(env_id)
     if env_id in BRAX_IDS:
         if backend not in BRAX_BACKENDS:
@@ -63,6 +71,10 @@ def make(
         from envs.brax_envs import make_brax
 
         raw, limit = make_brax(env_id, backend), BRAX_EPISODE_STEPS
+    elif env_id in PLAYGROUND_IDS:
+        from envs.playground_envs import make_playground
+
+        raw, limit = make_playground(env_id, backend)
     else:
         from envs.gymnax_envs import make_gymnax
 
@@ -72,9 +84,10 @@ def make(
 
 
 __all__ = [
-    "ALIASES", "BRAX_BACKENDS", "BRAX_IDS", "ENV_IDS", "GYMNAX_IDS", "ActionSpec", "Env", "RawEnv",
+    "ALIASES", "BRAX_BACKENDS", "BRAX_IDS", "ENV_IDS", "GYMNAX_IDS", "PLAYGROUND_BACKENDS",
+    "PLAYGROUND_IDS", "ActionSpec", "Env", "RawEnv",
     "RewardScaler", "RunningMeanStd",
-    "Timestep", "UnknownEnvError", "canonical_id", "is_brax", "make", "normalize_obs",
+    "Timestep", "UnknownEnvError", "canonical_id", "is_brax", "is_playground", "make", "normalize_obs",
     "reward_scaler_init", "rms_init", "rms_update", "scale_reward", "track_returns",
     "with_clipped_actions", "with_time_limit",
 ]

@@ -1,4 +1,4 @@
-"""bpo.py's estimators and losses against plain-Python references written from ../shared/BPO.md."""
+"""bpo.py's estimators and losses against plain-Python references written from docs/algorithm.md."""
 
 import jax
 import jax.numpy as jnp

@@ -17,10 +17,10 @@ def trainer_for(obs_dim, n_actions, **kw):
     return trainer, trainer.init(jax.random.PRNGKey(0))
 
 
-def fill(state, obs, action, reward, terminal, next_obs, log_mu):
+def fill(state, obs, action, reward, done, next_obs, log_mu):
     n = len(reward)
     f = lambda x: jnp.asarray(x, jnp.float32)
-    rb = bpo.Replay(f(obs), jnp.asarray(action, jnp.int32), f(reward), f(terminal), jnp.zeros(n), f(next_obs),
+    rb = bpo.Replay(f(obs), jnp.asarray(action, jnp.int32), f(reward), f(done), jnp.zeros(n), f(next_obs),
                     f(log_mu), jnp.int32(0), jnp.int32(n))
     return state._replace(replay=rb, r_max=jnp.float32(np.max(reward)), r_min=jnp.float32(np.min(reward)))
 
@@ -56,7 +56,7 @@ def test_fqe_recovers_q_pi_and_q_hat_fits_the_variance_reward():
     for _ in range(60):
         state, stats = fit_q(state, 3e-3)
     q_exact = exact_action_values(pi, REWARD, GAMMA)
-    q = np.asarray(trainer.q_value(state.params["q"], jnp.asarray(eye[s]), jnp.asarray(a)))
+    q = np.asarray(trainer.q_value(trainer.q_net, state.params["q"], jnp.asarray(eye[s]), jnp.asarray(a)))
     np.testing.assert_allclose(q, q_exact[s, a], rtol=0.03)
 
     # q_hat is the value of r_hat = 2 r Q - r^2 under pi with discount gamma^2.
@@ -64,8 +64,7 @@ def test_fqe_recovers_q_pi_and_q_hat_fits_the_variance_reward():
     np.testing.assert_allclose(r_hat, 2 * REWARD[s, a] * q - REWARD[s, a] ** 2, rtol=1e-5)
     for _ in range(40):
         state, stats = fit_q_hat(state, r_hat, 3e-3)
-    q_hat = np.asarray(bpo.symexp(jnp.take_along_axis(
-        trainer.q_hat_net.apply(state.params["q_hat"], jnp.asarray(eye[s])), jnp.asarray(a)[:, None], -1)[:, 0]))
+    q_hat = np.asarray(trainer.q_value(trainer.q_hat_net, state.params["q_hat"], jnp.asarray(eye[s]), jnp.asarray(a)))
     q_hat_exact = exact_action_values(pi, 2 * REWARD * q_exact - REWARD**2, GAMMA**2)
     np.testing.assert_allclose(q_hat, q_hat_exact[s, a], rtol=0.05)
     # Fitted to the raw rewards (the reference's bug), q_hat would be far from this.

@@ -1,5 +1,7 @@
-"""bpo_traj.py's estimator against a plain double loop written from ../shared/BPO.md, and the
+"""bpo_traj.py's estimator against a plain double loop written from docs/algorithm.md, and the
 pieces that make it a standalone copy of bpo.py."""
+
+import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
@@ -72,7 +74,7 @@ def test_pi_equal_mu_is_ppo_gae():
 def test_bpo_traj_differs_from_bpo_only_in_the_estimator():
     """The two files are standalone copies: the same Args fields (plus nothing), the same phases."""
     import bpo
-    assert [f.name for f in bpo.dataclasses.fields(bpo.Args)] == [f.name for f in bpo.dataclasses.fields(bpo_traj.Args)]
+    assert [f.name for f in dataclasses.fields(bpo.Args)] == [f.name for f in dataclasses.fields(bpo_traj.Args)]
     assert set(bpo.PRESETS) | {"ppo_bpo_zero1.0_traj", "ppo_bpo_zero1.5_traj"} == set(bpo_traj.PRESETS)
     assert bpo_traj.parse_args(["--preset", "ppo_bpo_zero1.5_traj"]).clip_c == 1.5
     assert bpo_traj.parse_args(["--preset", "cartpole_ppo", "ppo_bpo_zero1.0_traj"]).clip_rho == 1.0

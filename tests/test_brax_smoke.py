@@ -7,10 +7,11 @@ import json
 import numpy as np
 
 import ppo
+import runner
 
 
 def test_ppo_ant_mjx_end_to_end(tmp_path):
-    args = ppo.apply_presets(ppo.Args(), ["mujoco_ppo"])
+    args = runner.apply_presets(ppo.Args(), ppo.PRESETS, ["mujoco_ppo"])
     args = dataclasses.replace(args, env_id="ant", num_seeds=2, total_timesteps=2048, num_envs=4,
                                num_steps=256, minibatch_size=256, num_epochs=1, eval_every=1024,
                                eval_episodes=2, max_episode_steps=100, output_dir=str(tmp_path))

@@ -26,12 +26,18 @@ CASES = [
     (["--env-id", "hopper", "--env-backend", "warp"], ["--env-backend 'warp'", "mjx"]),
     (["--noise-hold-steps", "4"], ["--noise-hold-steps 4 needs continuous actions", "CartPole-v1"]),
     (["--noise-hold-steps", "-1"], ["--noise-hold-steps must be >= 0"]),
+    (["--gamma", "1.5"], ["--gamma must be in [0, 1], got 1.5"]),
+    (["--gae-lambda", "-0.1"], ["--gae-lambda must be in [0, 1]"]),
+    (["--max-grad-norm", "0"], ["--max-grad-norm must be positive"]),
+    (["--ent-coef", "-1"], ["--ent-coef must be >= 0"]),
+    (["--hidden-sizes", "64", "0"], ["--hidden-sizes must be one or more positive widths"]),
 ]
 BPO_CASES = [
     (["--replay-size", "0"], ["--replay-size must be positive"]),
     (["--fqe-epochs", "-1"], ["--fqe-epochs must be >= 0"]),
     (["--clip-rho", "0"], ["--clip-rho must be positive"]),
     (["--polyak-tau", "1.5"], ["--polyak-tau must be in [0, 1]"]),
+    (["--symlog-reg-coef", "-1"], ["--symlog-reg-coef must be >= 0"]),
 ]
 
 
@@ -65,3 +71,24 @@ def test_help_documents_every_flag(script):
     for flag in ("--env-id", "--num-seeds", "--seed", "--total-timesteps", "--num-envs",
                  "--num-steps", "--output-dir", "--preset"):
         assert flag in r.stdout
+
+
+@pytest.mark.parametrize("script", SCRIPTS[:1])
+def test_output_dir_that_is_a_file_is_one_clear_line(script, tmp_path):
+    (tmp_path / "file").write_text("results")
+    r = run_script(script, "--output-dir", str(tmp_path / "file"))
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "is a file, not a folder" in r.stderr
+    assert (tmp_path / "file").read_text() == "results"
+
+
+def test_overwrite_removes_the_previous_runs_outputs(tmp_path):
+    """--overwrite onto a finished run: none of its outputs may stand beside the new run's (a new
+    run that stops early would otherwise leave the old summary.json), other files are kept."""
+    import ppo
+    import runner
+
+    for name in runner.OUTPUT_FILES + ("notes.txt",):
+        (tmp_path / name).write_text("old")
+    args = ppo.Args(output_dir=str(tmp_path), overwrite=True)
+    assert runner.prepare_output_dir(args, "ppo") == str(tmp_path)
+    assert os.listdir(tmp_path) == ["notes.txt"]

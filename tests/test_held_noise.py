@@ -11,6 +11,7 @@ import bpo
 import bpo_traj
 import envs
 import ppo
+import runner
 
 
 def rollout_noise(module, seed, hold):
@@ -53,7 +54,7 @@ def test_presets_use_the_reference_names():
 
 def test_bpo_hopper_mjx_with_held_noise_end_to_end(tmp_path):
     """bpo.py under mujoco_ppo_gsde + ppo_bpo_zero on MJX, a tiny budget (compilation dominates)."""
-    args = bpo.apply_presets(bpo.Args(), ["mujoco_ppo_gsde", "ppo_bpo_zero"])
+    args = runner.apply_presets(bpo.Args(), bpo.PRESETS, ["mujoco_ppo_gsde", "ppo_bpo_zero"])
     args = dataclasses.replace(args, env_id="hopper", num_seeds=2, total_timesteps=1024, num_envs=4, num_steps=128,
                                minibatch_size=128, num_epochs=1, replay_size=512, fqe_epochs=1, mu_epochs=1,
                                eval_every=512, eval_episodes=2, max_episode_steps=50, output_dir=str(tmp_path))

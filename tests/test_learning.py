@@ -5,6 +5,7 @@ import dataclasses
 import bpo
 import bpo_traj
 import ppo
+import runner
 
 
 def test_ppo_learns_cartpole(tmp_path):
@@ -15,7 +16,7 @@ def test_ppo_learns_cartpole(tmp_path):
 
 def test_ppo_improves_on_pendulum(tmp_path):
     # A random policy scores about -1200; these settings reach about -200 by 50k steps.
-    args = ppo.apply_presets(ppo.Args(), ["pendulum_ppo"])
+    args = runner.apply_presets(ppo.Args(), ppo.PRESETS, ["pendulum_ppo"])
     s = ppo.run(dataclasses.replace(args, num_seeds=2, total_timesteps=98_304, output_dir=str(tmp_path)))
     assert s["final_eval_return_mean"] > -600, s["final_eval_return"]
 
@@ -28,7 +29,7 @@ def test_bpo_learns_cartpole(tmp_path):
 
 def test_bpo_improves_on_pendulum(tmp_path):
     # Continuous actions (Q on concat(s, a), reparameterised kl_qhat mu loss): about -280 by 98k steps.
-    args = bpo.apply_presets(bpo.Args(), ["pendulum_ppo", "ppo_bpo_zero1.0"])
+    args = runner.apply_presets(bpo.Args(), bpo.PRESETS, ["pendulum_ppo", "ppo_bpo_zero1.0"])
     s = bpo.run(dataclasses.replace(args, num_seeds=2, total_timesteps=98_304, output_dir=str(tmp_path)))
     assert s["final_eval_return_mean"] > -600, s["final_eval_return"]
 

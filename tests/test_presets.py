@@ -5,7 +5,7 @@ import pytest
 import bpo
 import ppo
 
-# (preset, field, value) from ../shared/BPO.md and PureJaxRL's CartPole config.
+# (preset, field, value) from docs/algorithm.md and PureJaxRL's CartPole config.
 PUBLISHED = [
     ("cartpole_ppo", "total_timesteps", 100_000), ("cartpole_ppo", "num_envs", 8),
     ("cartpole_ppo", "num_steps", 32), ("cartpole_ppo", "minibatch_size", 256),

@@ -13,6 +13,7 @@ import bpo
 import bpo_traj
 import envs
 import ppo
+import runner
 
 TINY = dict(env_id="CartPole-v1", total_timesteps=2048, num_envs=4, num_steps=32,
             minibatch_size=64, num_epochs=2, eval_every=1024, eval_episodes=3)
@@ -75,7 +76,7 @@ def test_seed_in_batch_equals_seed_alone(module, tmp_path):
     and (same arithmetic, batched) trains to the same numbers."""
     args = tiny(module, num_seeds=4, seed=0, output_dir=str(tmp_path / "batch"))
     trainer = module.make_train(args, envs.make("CartPole-v1"))
-    batched = module.init_seeds(trainer, [0, 1, 2, 3])
+    batched = runner.init_seeds(trainer.init, [0, 1, 2, 3])
     alone = trainer.init(jax.random.PRNGKey(2))
     for x, y in zip(jax.tree.leaves(batched), jax.tree.leaves(alone)):
         np.testing.assert_array_equal(np.asarray(x)[2], np.asarray(y))

@@ -1,0 +1,70 @@
+"""Ctrl-C (SIGINT) and SIGTERM: the run stops at an interval's end, every output describes that same
+interval, and the process exits non-zero."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import flax.serialization
+import jax
+import numpy as np
+import pytest
+
+import bpo
+import ppo
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# No schedule depends on the run's length, so a run of the interrupted length is the reference.
+FLAGS = dict(num_seeds=2, num_envs=4, num_steps=32, minibatch_size=64, num_epochs=2, eval_every=128,
+             eval_episodes=2, anneal_lr=False, anneal_clip=False)
+BPO_FLAGS = dict(replay_size=256, fqe_epochs=1, mu_epochs=1)
+
+
+def cli(flags):
+    out = []
+    for k, v in flags.items():
+        flag = "--" + k.replace("_", "-")
+        out += [flag] if v is True else [flag.replace("--", "--no-", 1)] if v is False else [flag, str(v)]
+    return out
+
+
+def rows(folder):
+    with open(os.path.join(folder, "metrics.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("module,sig", [(ppo, signal.SIGINT), (bpo, signal.SIGTERM)])
+def test_interrupted_run_writes_consistent_outputs(module, sig, tmp_path):
+    flags = {**FLAGS, **(BPO_FLAGS if module is bpo else {})}
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, f"{module.__name__}.py"), *cli(flags),
+                             "--total-timesteps", "10000000", "--output-dir", str(out)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while not ((out / "metrics.csv").exists() and len(rows(out)) >= 4):  # two intervals written
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else ""
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, output
+    assert "Traceback" not in output and "stopping after the interval in flight" in output
+
+    summary = json.load(open(out / "summary.json"))
+    written = rows(out)
+    steps = int(written[-1]["env_steps"])
+    assert not summary["completed"] and summary["interrupted"] and summary["env_steps"] == steps
+    assert len(written) == 2 * steps // 128  # complete rows for every interval, none after
+    assert summary["final_eval_return"] == [float(r["eval_return"]) for r in written[-2:]]
+
+    # The saved parameters are those of that interval: a run of exactly that length ends there too.
+    reference = tmp_path / "reference"
+    module.run(module.Args(**flags, total_timesteps=steps, output_dir=str(reference)))
+    assert rows(reference) == written
+    saved = flax.serialization.msgpack_restore(open(out / "params.msgpack", "rb").read())
+    expected = flax.serialization.msgpack_restore(open(reference / "params.msgpack", "rb").read())
+    for x, y in zip(jax.tree.leaves(saved["params"]), jax.tree.leaves(expected["params"]), strict=True):
+        np.testing.assert_array_equal(x, y)
