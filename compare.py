@@ -31,7 +31,8 @@ class Args:
     output: str = "comparison"
     """path prefix of the outputs: <output>.png, <output>.svg, <output>.md"""
     threshold: float | None = None
-    """return for "steps to threshold"; default: per environment, 90% of the best final IQM"""
+    """return for "steps to threshold"; default: per environment, 90% of the way from the lowest
+    first-evaluation IQM to the best final IQM (so it also works for negative returns)"""
     confidence: float = 0.95
     """confidence level of the bootstrap intervals"""
     resamples: int = 2000
@@ -48,7 +49,8 @@ class Run(NamedTuple):
     label: str
     env_id: str
     steps: np.ndarray  # [n_evals]
-    returns: np.ndarray  # [n_seeds, n_evals] eval returns
+    returns: np.ndarray  # [n_seeds, n_evals] eval returns of the seeds that did not diverge
+    warnings: tuple[str, ...]  # did not complete, diverged seeds
 
 
 def load_run(folder: str, label: str | None) -> Run:
@@ -65,19 +67,33 @@ def load_run(folder: str, label: str | None) -> Run:
         raise CompareError(f"{config_path}: malformed ({e!r})")
     try:
         with open(metrics_path, newline="") as f:
-            rows = [(int(r["seed"]), int(r["env_steps"]), float(r["eval_return"])) for r in csv.DictReader(f)]
+            rows = [(int(r["seed"]), int(r["env_steps"]), int(r.get("diverged") or 0),
+                     float(r["eval_return"]) if r["eval_return"] != "" else np.nan) for r in csv.DictReader(f)]
     except (KeyError, ValueError, TypeError) as e:
         raise CompareError(f"{metrics_path}: malformed ({e!r})")
     if not rows:
         raise CompareError(f"{metrics_path}: no rows")
     seeds, steps = sorted({r[0] for r in rows}), sorted({r[1] for r in rows})
     returns = np.full((len(seeds), len(steps)), np.nan)
-    for seed, step, ret in rows:
+    diverged = sorted({seed for seed, _, flag, _ in rows if flag})
+    for seed, step, flag, ret in rows:
         returns[seeds.index(seed), steps.index(step)] = ret
+    returns = returns[[seeds.index(s) for s in seeds if s not in diverged]]
     if np.isnan(returns).any():
         raise CompareError(f"{metrics_path}: malformed (not every seed has a row at every env_steps)")
     label = label or " + ".join([algo, *presets])
-    return Run(label, env_id, np.asarray(steps), returns)
+    warnings = []
+    summary_path = os.path.join(folder, "summary.json")
+    if not os.path.isfile(summary_path):
+        warnings.append(f"{label}: {folder} has no summary.json (still running, or killed): its last rows may be partial")
+    elif not json.load(open(summary_path)).get("completed", False):
+        warnings.append(f"{label}: {folder} did not complete (stopped at {steps[-1]:,} env steps per seed)")
+    if diverged:
+        warnings.append(f"{label}: seeds {', '.join(map(str, diverged))} diverged and are left out of its statistics "
+                        f"({len(seeds) - len(diverged)} of {len(seeds)} seeds remain)")
+    if not len(returns):
+        raise CompareError(f"{folder}: every seed diverged")
+    return Run(label, env_id, np.asarray(steps), returns, tuple(warnings))
 
 
 def iqm(x, axis=-1):
@@ -101,10 +117,19 @@ def steps_to(run: Run, threshold: float) -> np.ndarray:
     return np.where(hit.any(1), run.steps[np.argmax(hit, 1)], np.nan)
 
 
-def table(runs: list[Run], args: Args) -> str:
-    best_final = {}
+def default_thresholds(runs: list[Run]) -> dict[str, float]:
+    """Per environment, 90% of the way from the lowest first-evaluation IQM to the best final IQM
+    over the runs: for returns that start near 0 about 90% of the best, and for negative returns
+    (Pendulum: -1200 -> -200) a level the better runs do reach."""
+    lo, best = {}, {}
     for run in runs:
-        best_final[run.env_id] = max(best_final.get(run.env_id, -np.inf), float(iqm(run.returns[:, -1])))
+        lo[run.env_id] = min(lo.get(run.env_id, np.inf), float(iqm(run.returns[:, 0])))
+        best[run.env_id] = max(best.get(run.env_id, -np.inf), float(iqm(run.returns[:, -1])))
+    return {env_id: lo[env_id] + 0.9 * (best[env_id] - lo[env_id]) for env_id in best}
+
+
+def table(runs: list[Run], args: Args) -> str:
+    defaults = default_thresholds(runs)
     lines = [f"| run | env | seeds | final return, IQM [{args.confidence:.0%} CI] | AUC (mean IQM return) "
              f"| threshold | steps to threshold (median; reached) |", "|---|---|---|---|---|---|---|"]
     for run in runs:
@@ -113,7 +138,7 @@ def table(runs: list[Run], args: Args) -> str:
         curve = iqm(run.returns.T)
         span = run.steps[-1] - run.steps[0]
         auc = np.trapezoid(curve, run.steps) / span if span > 0 else curve[0]
-        threshold = args.threshold if args.threshold is not None else 0.9 * best_final[run.env_id]
+        threshold = args.threshold if args.threshold is not None else defaults[run.env_id]
         first = steps_to(run, threshold)
         reached = int(np.isfinite(first).sum())
         median = f"{np.nanmedian(first):,.0f}" if reached else "never"
@@ -127,6 +152,7 @@ def plot(runs: list[Run], args: Args) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter
 
     env_ids = list(dict.fromkeys(r.env_id for r in runs))
     fig, axes = plt.subplots(1, len(env_ids), figsize=(5.5 * len(env_ids), 4), squeeze=False)
@@ -136,6 +162,7 @@ def plot(runs: list[Run], args: Args) -> None:
             line, = ax.plot(run.steps, iqm(run.returns.T), label=f"{run.label} ({run.returns.shape[0]} seeds)")
             ax.fill_between(run.steps, lo, hi, color=line.get_color(), alpha=0.2)
         ax.set(title=env_id, xlabel="environment steps (per seed)", ylabel="eval return (IQM over seeds)")
+        ax.xaxis.set_major_formatter(EngFormatter())  # 100k, 1.5M: readable ticks
         ax.legend(fontsize="small")
     fig.suptitle(f"IQM over seeds, {args.confidence:.0%} bootstrap interval shaded")
     fig.tight_layout()
@@ -156,6 +183,9 @@ def compare(args: Args) -> str:
         os.makedirs(out_dir, exist_ok=True)
     plot(runs, args)
     md = table(runs, args)
+    warnings = [w for run in runs for w in run.warnings]
+    if warnings:
+        md += "\n" + "".join(f"Warning: {w}.\n" for w in warnings)
     with open(f"{args.output}.md", "w") as f:
         f.write(md)
     return md

@@ -14,16 +14,22 @@ import compare
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def write_run(folder, algo, env_id, returns, steps, presets=()):
-    """An output folder as the scripts write it: returns[seed, eval]."""
+def write_run(folder, algo, env_id, returns, steps, presets=(), completed=True, diverged=()):
+    """An output folder as the scripts write it: returns[seed, eval]; a diverged seed's rows hold
+    no numbers from its second evaluation on."""
     os.makedirs(folder)
     json.dump({"algo": algo, "env_id": env_id, "args": {"preset": list(presets)}}, open(folder / "config.json", "w"))
+    json.dump({"completed": completed}, open(folder / "summary.json", "w"))
     with open(folder / "metrics.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["seed", "env_steps", "train_return", "eval_return"])
+        w = csv.DictWriter(f, fieldnames=["seed", "env_steps", "train_return", "eval_return", "diverged"])
         w.writeheader()
         for j, step in enumerate(steps):
             for seed in range(returns.shape[0]):
-                w.writerow({"seed": seed, "env_steps": step, "train_return": 0.0, "eval_return": returns[seed, j]})
+                if seed in diverged and j > 0:
+                    w.writerow({"seed": seed, "env_steps": step, "diverged": 1})
+                else:
+                    w.writerow({"seed": seed, "env_steps": step, "train_return": 0.0, "eval_return": returns[seed, j],
+                                "diverged": 0})
 
 
 @pytest.fixture
@@ -79,3 +85,27 @@ def test_missing_and_malformed_files_are_named(two_runs):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "compare.py"), str(tmp / "ppo")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "ppo/config.json: malformed" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_incomplete_and_diverged_runs_are_flagged_and_left_out(tmp_path):
+    rng = np.random.default_rng(2)
+    steps = [1000, 2000, 3000]
+    a = np.cumsum(rng.uniform(0, 100, size=(5, 3)), 1)
+    write_run(tmp_path / "a", "bpo", "hopper", a, steps, completed=False, diverged=(1, 3))
+    md = compare.compare(compare.Args(runs=(str(tmp_path / "a"),), output=str(tmp_path / "cmp")))
+    assert "| bpo | hopper | 3 |" in md  # 3 of 5 seeds: the diverged ones are not averaged in
+    assert f"{compare.iqm(a[[0, 2, 4], -1]):.1f}" in md
+    assert "did not complete" in md and "seeds 1, 3 diverged" in md and "3 of 5 seeds remain" in md
+
+
+def test_default_threshold_works_for_negative_returns(tmp_path):
+    """Pendulum-like: from about -1200 to -200 and -400. 90% of the best final (-180) is never
+    reached; 90% of the way from the lowest start to the best final is (-300)."""
+    steps = [1000, 2000, 3000]
+    good = np.array([[-1200.0, -500.0, -200.0]] * 4)
+    bad = np.array([[-1200.0, -900.0, -400.0]] * 4)
+    write_run(tmp_path / "good", "ppo", "Pendulum-v1", good, steps)
+    write_run(tmp_path / "bad", "bpo", "Pendulum-v1", bad, steps)
+    md = compare.compare(compare.Args(runs=(str(tmp_path / "good"), str(tmp_path / "bad")), output=str(tmp_path / "c")))
+    lines = md.splitlines()
+    assert "| -300.0 | 3,000; 4/4 |" in lines[2] and "| -300.0 | never; 0/4 |" in lines[3]

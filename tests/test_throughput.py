@@ -46,6 +46,9 @@ def test_ceiling_random_actions_within_bounds():
     (["--iterations", "0", "ppo.py"], "--iterations and --repeats must be >= 1"),
     (["ppo.py", "--env-id", "NoSuchEnv-v0"], "Valid ids: CartPole-v1"),
     (["bpo.py", "--num-steps", "30"], "minibatch"),
+    # a flag's value that names a script is not the script: `--out ppo` then bpo.py's bad flag
+    (["--out", "ppo", "bpo.py", "--num-steps", "30"], "minibatch"),
+    (["--out", "ppo"], "name a script"),
 ])
 def test_bad_input_is_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
