@@ -64,7 +64,7 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        act = {"tanh": nn.tanh, "relu": nn.relu}[self.activation]
+        act = {"tanh": nn.tanh, "relu": nn.relu, "swish": nn.swish}[self.activation]
         for h in self.hidden_sizes:
             x = dense(h, self.kernel_init, np.sqrt(2))(x)
             x = act(nn.LayerNorm()(x) if self.layer_norm else x)
@@ -195,6 +195,13 @@ def vtrace(rewards, values, dones, last_value, log_pi, log_mu, gamma, lam, clip_
     return err + values, adv, rho, clipped
 
 
+def probe_clipped_weight(carry, ratio, clip_rho, clip_c):
+    """The weight of reward r_t in the return estimate of the variance probe, clipped as V-trace
+    clips it (eq. 7 with lambda = 1 and no critic): min(ratio_t, clip_rho) prod_{j<t} min(ratio_j,
+    clip_c). carry is prod_{j<t} min(ratio_j, clip_c), 1 at t = 0. Returns (weight_t, next carry)."""
+    return carry * jnp.minimum(ratio, clip_rho), carry * jnp.minimum(ratio, clip_c)
+
+
 # ----------------------------------------------------------------------------------------------
 # Losses
 # ----------------------------------------------------------------------------------------------
@@ -301,7 +308,7 @@ def replay_minibatches(key, size, capacity: int, minibatch_size: int, epochs: in
     def one_epoch(k):
         u = jnp.where(jnp.arange(capacity) < size, jax.random.uniform(k, (capacity,)), 2.0)
         order = jnp.argsort(u)  # the filled slots first, shuffled
-        order = jnp.concatenate([order, order[: m * minibatch_size - capacity]])
+        order = jnp.resize(order, m * minibatch_size)  # repeated cyclically; the repeats get weight 0
         weight = (jnp.arange(m * minibatch_size) < size).astype(jnp.float32)
         return order.reshape(m, minibatch_size), weight.reshape(m, minibatch_size)
 
@@ -360,6 +367,7 @@ class Trainer(NamedTuple):
     fit_q_hat: Any  # (TrainState, r_hat, lr) -> (TrainState, stats)
     update_mu: Any  # (TrainState, lr) -> (TrainState, stats)
     q_value: Any  # (QNet, params, normalised obs, action) -> Q(s,a) in value space
+    variance_probe: Any  # (TrainState, key) -> probe metrics
     train_chunk: Any  # (TrainState, num_active) -> (TrainState, metrics of the chunk)
     iters_per_chunk: int
     num_iterations: int
@@ -380,8 +388,12 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
     num_minibatches = batch_size // args.minibatch_size
     num_iterations = args.total_timesteps // batch_size
     iters_per_chunk = max(1, min(args.eval_every // batch_size, num_iterations))
+    # the probe's segments: until gamma^t < 0.01 (the discounted tail left out is under 1% of a
+    # constant reward's), at most an episode
+    probe_horizon = args.variance_probe_horizon or min(
+        env.max_episode_steps, int(np.ceil(np.log(0.01) / np.log(args.gamma))) if args.gamma < 1 else env.max_episode_steps)
     actor = Actor(spec, args.hidden_sizes, args.actor_activation, args.kernel_init, args.log_std_init)
-    critic = Critic(args.hidden_sizes, args.critic_activation, args.kernel_init)
+    critic = Critic(args.critic_hidden_sizes or args.hidden_sizes, args.critic_activation, args.kernel_init)
     q_args = (spec, args.q_hidden_sizes, args.critic_activation, args.q_kernel_init,
               args.q_layer_norm, args.q_zero_init)
     q_net, q_hat_net = QNet(*q_args, positive=False), QNet(*q_args, positive=True)
@@ -485,6 +497,8 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
             ts = jax.vmap(env.step)(jax.random.split(k_env, args.num_envs), env_state, action)
             done = ts.terminated | ts.truncated
             reward = ts.reward
+            if args.reward_scale != 1.0:  # Brax's reward_scaling; evaluation returns stay unscaled
+                reward = reward * args.reward_scale
             scaler, discounted_return = envs.track_returns(scaler, reward, done, args.gamma)
             if args.normalize_reward:
                 reward = envs.scale_reward(scaler, reward)
@@ -685,9 +699,54 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         carry = (obs, env_state, zeros.astype(bool), zeros, k_step)
         return jax.lax.while_loop(lambda c: ~jnp.all(c[2]), body, carry)[3]
 
+    def variance_probe(state, key):
+        """The claim BPO rests on, measured (docs/algorithm.md eq. 17): the discounted return of
+        the current pi over the first `horizon` steps from fresh start states, estimated from
+        n = variance_probe segments in two ways with the same random numbers:
+          on-policy, a ~ pi:          G = sum_t gamma^t r_t
+          importance-weighted, a ~ mu: G = sum_t gamma^t (prod_(j<=t) pi_j/mu_j) r_t   (unclipped)
+                                       and with the weights clipped as in training.
+        Both are unbiased for the same quantity (unclipped); BPO's mu should make the second's
+        variance smaller. With mu = pi both are the same numbers. Environment rewards, unscaled."""
+        n = args.variance_probe
+        k_reset, k_steps = jax.random.split(key)
+        obs0, env_state0 = jax.vmap(env.reset)(jax.random.split(k_reset, n))
+
+        def segments(behaviour):
+            def step(carry, k):
+                obs, env_state, alive, discount, w, clip_carry, g, g_w, g_clip = carry
+                k_act, k_env = jax.random.split(k)
+                b_dist = actor.apply(behaviour, norm(state, obs))
+                pi_dist = actor.apply(state.params["pi"], norm(state, obs))
+                action = sample(spec, b_dist, k_act)
+                ratio = jnp.exp(log_prob(spec, pi_dist, action) - log_prob(spec, b_dist, action))
+                ts = jax.vmap(env.step)(jax.random.split(k_env, n), env_state, action)
+                w = w * ratio
+                w_clip, clip_carry = probe_clipped_weight(clip_carry, ratio, args.clip_rho, args.clip_c)
+                r = alive * discount * ts.reward
+                g, g_w, g_clip = g + r, g_w + w * r, g_clip + w_clip * r
+                alive = alive * (1.0 - (ts.terminated | ts.truncated))  # the segment ends with its episode
+                return (ts.obs, ts.state, alive, discount * args.gamma, w, clip_carry, g, g_w, g_clip), None
+
+            z = jnp.zeros(n)
+            carry = (obs0, env_state0, jnp.ones(n), jnp.ones(n), jnp.ones(n), jnp.ones(n), z, z, z)
+            carry, _ = jax.lax.scan(step, carry, jax.random.split(k_steps, probe_horizon))
+            return carry[-3:]
+
+        g_pi, _, _ = segments(state.params["pi"])
+        _, g_mu, g_mu_clip = segments(state.params["mu"])
+        var_pi, var_mu, var_clip = g_pi.var(ddof=1), g_mu.var(ddof=1), g_mu_clip.var(ddof=1)
+        se_diff = jnp.sqrt((var_pi + var_mu) / n)
+        return dict(probe_pi_mean=g_pi.mean(), probe_pi_var=var_pi, probe_mu_mean=g_mu.mean(), probe_mu_var=var_mu,
+                    probe_var_ratio=var_mu / var_pi, probe_se_diff=se_diff,
+                    probe_bias_z=(g_mu.mean() - g_pi.mean()) / se_diff,
+                    probe_mu_clipped_mean=g_mu_clip.mean(), probe_mu_clipped_var=var_clip,
+                    probe_var_ratio_clipped=var_clip / var_pi)
+
     def train_chunk(state, num_active):
         """iters_per_chunk iterations (only the first num_active run: the last chunk may be
-        shorter, with no recompilation), then one evaluation. Metrics are means over the chunk."""
+        shorter, with no recompilation), then one evaluation (and the variance probe, if on).
+        Metrics are means over the chunk."""
         stats_shape = jax.eval_shape(iteration, state)[1]
 
         def body(state, i):
@@ -705,12 +764,17 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         key, k_eval = jax.random.split(state.key)
         returns = evaluate(state, k_eval)
         metrics.update(eval_return=returns.mean(), eval_return_std=returns.std())
+        if args.variance_probe:  # its own stream: the training's numbers do not depend on it
+            metrics.update(variance_probe(state, jax.random.fold_in(k_eval, 1)))
         return state._replace(key=key), metrics
 
     return Trainer(init, iteration, rollout, fit_q, variance_rewards, fit_q_hat, update_mu, q_value,
-                   train_chunk, iters_per_chunk, num_iterations, actor, critic, q_net, q_hat_net)
+                   variance_probe, train_chunk, iters_per_chunk, num_iterations, actor, critic, q_net, q_hat_net)
 
 
+PROBE_COLUMNS = ("probe_pi_mean", "probe_pi_var", "probe_mu_mean", "probe_mu_var", "probe_var_ratio",
+                 "probe_se_diff", "probe_bias_z", "probe_mu_clipped_mean", "probe_mu_clipped_var",
+                 "probe_var_ratio_clipped")  # with --variance-probe N
 METRIC_COLUMNS = ("seed", "env_steps", "train_return", "train_length", "eval_return", "eval_return_std",
                   "pg_loss", "v_loss", "entropy", "approx_kl", "clip_frac", "explained_variance",
                   "learning_rate", "clip_coef",
@@ -773,10 +837,12 @@ class Args:
     vf_coef: float = 0.5
     """value loss coefficient (the loss is vf_coef * mean((V - vs)^2))"""
     hidden_sizes: tuple[int, ...] = (64, 64)
-    """hidden layer widths of pi, mu and V"""
-    actor_activation: Literal["tanh", "relu"] = "tanh"
+    """hidden layer widths of pi and mu (and of V, unless critic_hidden_sizes is given)"""
+    critic_hidden_sizes: tuple[int, ...] = ()
+    """hidden layer widths of V; empty: the same as hidden_sizes"""
+    actor_activation: Literal["tanh", "relu", "swish"] = "tanh"
     """activation of pi's and mu's hidden layers"""
-    critic_activation: Literal["tanh", "relu"] = "tanh"
+    critic_activation: Literal["tanh", "relu", "swish"] = "tanh"
     """activation of the hidden layers of V, Q and q_hat"""
     kernel_init: Literal["orthogonal", "lecun_normal"] = "lecun_normal"
     """weight init of pi, mu, V: orthogonal (gain sqrt 2; 0.01 actor head, 1 critic head) or lecun_normal"""
@@ -787,6 +853,8 @@ class Args:
     """initial log standard deviation of the Gaussian pi and mu (continuous actions)"""
     normalize_obs: bool = False
     """normalise observations with running statistics (per seed, frozen during evaluation)"""
+    reward_scale: float = 1.0
+    """multiply every environment reward by this before anything uses it (Brax's reward_scaling)"""
     normalize_reward: bool = False
     """scale rewards by the running std of the discounted return"""
     clip_actions: bool = True
@@ -837,10 +905,23 @@ class Args:
     """environment steps per seed between evaluations (and metric rows)"""
     eval_episodes: int = 10
     """episodes of the deterministic policy pi (never mu) per evaluation"""
+    variance_probe: int = 0
+    """at every evaluation, estimate pi's discounted return from this many segments on-policy and
+    importance-weighted under mu, and report both means and variances (0: off)"""
+    variance_probe_horizon: int = 0
+    """steps per probe segment; 0: until gamma^t < 0.01, at most an episode"""
     output_dir: str | None = None
     """where outputs go; default runs/bpo_<env>_<time>"""
     overwrite: bool = False
     """allow writing into an existing non-empty output directory (a previous run's outputs are removed)"""
+    checkpoint_every: int = 10
+    """save a checkpoint of every seed's complete training state every this many evaluation
+    intervals, at the end, and when stopped by Ctrl-C or SIGTERM (the latest 3 are kept); 0: never"""
+    resume: str | None = None
+    """continue the run in this output folder from its latest checkpoint, with its saved
+    configuration: no other flag may change it, but a larger --total-timesteps extends it"""
+    tensorboard: bool = False
+    """also write every metric of every seed, and their means, to <output-dir>/tb (tensorboardX)"""
 
 
 # Presets, applied in order: a base (cartpole_ppo, mujoco_ppo, ...) then a BPO add-on (ppo_bpo...).
@@ -889,6 +970,44 @@ PRESETS: dict[str, dict[str, Any]] = {
         weight_td=True, clip_targets=True, replay_size=4096, fqe_minibatch_size=256,
         mu_minibatch_size=128, fqe_epochs=10, mu_epochs=10,
     ),
+    # MuJoCo Playground's PPO settings for its DM Control Suite (playground 0.2.0's
+    # dm_control_suite_params.brax_ppo_config, with Brax 0.14.2's PPO defaults where it is silent):
+    # those its 19 tasks without an override share. env_id is left unset: give --env-id. One Brax
+    # training step, 2048 envs x 16 unrolls of 30 steps, is num_envs 2048 x num_steps 480 = 983,040
+    # env steps, in 32 minibatches of 1024 x 30 = 30,720, 16 passes. Per-task overrides, by hand:
+    #   --gamma 0.95                     BallInCup, FingerSpin
+    #   --total-timesteps 100000000      AcrobotSwingup, AcrobotSwingupSparse, SwimmerSwimmer6, WalkerRun
+    # (Playground's PendulumSwingup override, action_repeat 4 and 4 passes, is keyed on the name
+    # "PendulumSwingUp", which no task has: Playground trains PendulumSwingup with these settings.)
+    # Brax's value loss is 0.5 * vf_loss_coefficient (0.5) * squared error: vf_coef 0.25. Brax's
+    # max_grad_norm None (no clipping) is max_grad_norm inf here (optax's clip_by_global_norm with
+    # inf leaves every gradient as it is). Brax's lecun_uniform init: lecun_normal (same variance).
+    # Brax runs more than num_timesteps: with num_evals 10 and num_resets_per_eval 10 it takes
+    # 9 x 10 x ceil(60M / (9 x 10 x 983,040)) = 90 training steps, 88,473,600 env steps (100M: 180,
+    # 176,947,200), and resets every environment after each training step, so its training episodes
+    # stop at 480 of their 1000 steps; here 60M is 61 iterations (59,965,440 steps) and environments
+    # run on across iterations to the 1000-step limit.
+    # Not expressible here: Brax's tanh-squashed normal with a state-dependent std
+    # (softplus(x) + 0.001); this is a Gaussian with a state-independent log std, started at Brax's
+    # initial std softplus(0) + 0.001 = 0.694, and actions clipped to [-1, 1]. Nor Brax's GAE, which
+    # runs over each 30-step unroll with the current V in every minibatch and zeroes the TD error at
+    # a time limit (here GAE runs over the 480-step rollout once, and a time limit bootstraps, eq. 4).
+    "playground_dm_control": dict(
+        total_timesteps=60_000_000, num_envs=2048, num_steps=480, minibatch_size=30_720, num_epochs=16,
+        learning_rate=1e-3, anneal_lr=False, adam_eps=1e-8, max_grad_norm=float("inf"), gamma=0.995,
+        gae_lambda=0.95, clip_coef=0.3, anneal_clip=False, clip_vloss=False, norm_adv=True, ent_coef=0.01,
+        vf_coef=0.25, hidden_sizes=(32, 32, 32, 32), critic_hidden_sizes=(256, 256, 256, 256, 256),
+        actor_activation="swish", critic_activation="swish", kernel_init="lecun_normal",
+        use_sde=False, log_std_init=-0.365, reward_scale=10.0, normalize_obs=True,
+        normalize_reward=False, clip_actions=True, max_episode_steps=0, eval_every=5 * 983_040,
+        # BPO phases (ours): the replay buffer holds one rollout (983,040 transitions, about 180 MB
+        # per seed for CheetahRun), cut as mujoco_ppo's 8192-transition buffer is: 32 FQE
+        # minibatches (30,720) and 64 mu minibatches (15,360) per pass, 20 passes each, so every
+        # phase takes mujoco_ppo's gradient steps per iteration (640 per Q head, 1,280 for mu).
+        # Q and q_hat 256-256, as mujoco_ppo_gsde's beside 256-wide networks.
+        q_hidden_sizes=(256, 256), weight_td=True, clip_targets=True, replay_size=983_040,
+        fqe_minibatch_size=30_720, mu_minibatch_size=15_360, fqe_epochs=20, mu_epochs=20,
+    ),
     "ppo_bpo": _PPO_BPO,
     "ppo_bpo_zero": _ZERO,
     "ppo_bpo_zero1.0": dict(_ZERO, clip_rho=1.0, clip_c=1.0),
@@ -897,32 +1016,38 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-BRAX_PRESETS = ["mujoco_ppo", "ppo_bpo_zero1.0"]  # what a Brax env id gets without --preset
+SUITE_PRESETS = {"brax": ["mujoco_ppo", "ppo_bpo_zero1.0"]}  # what a Brax env id gets without --preset
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    return runner.parse_args(Args, PRESETS, BRAX_PRESETS, argv, __doc__)
+    return runner.parse_args(Args, PRESETS, SUITE_PRESETS, argv, __doc__)
 
 
 def validate(args: Args) -> None:
     """runner.py's checks, then BPO's own."""
     runner.validate(args)
+    if args.critic_hidden_sizes and min(args.critic_hidden_sizes) <= 0:
+        raise runner.ConfigError(f"--critic-hidden-sizes must be positive widths, got {args.critic_hidden_sizes}")
+    runner.check_range(args, "reward_scale", lo=0.0, lo_open=True)
     for name in ("replay_size", "fqe_minibatch_size", "mu_minibatch_size"):
         if getattr(args, name) <= 0:
             raise runner.ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("fqe_epochs", "mu_epochs"):
+    for name in ("fqe_epochs", "mu_epochs", "variance_probe_horizon"):
         if getattr(args, name) < 0:
             raise runner.ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     for name in ("clip_rho", "clip_c"):
         runner.check_range(args, name, lo=0.0, lo_open=True)
     runner.check_range(args, "polyak_tau", lo=0.0, hi=1.0)
+    if args.variance_probe == 1 or args.variance_probe < 0:
+        raise runner.ConfigError(f"--variance-probe must be 0 (off) or at least 2 segments, got {args.variance_probe}")
     runner.check_range(args, "symlog_reg_coef", lo=0.0)
     if not args.q_hidden_sizes or min(args.q_hidden_sizes) <= 0:
         raise runner.ConfigError(f"--q-hidden-sizes must be one or more positive widths, got {args.q_hidden_sizes}")
 
 
 def run(args: Args) -> dict:
-    return runner.run(args, "bpo", validate, make_train, METRIC_COLUMNS)
+    return runner.run(args, "bpo", validate, make_train,
+                      METRIC_COLUMNS + (PROBE_COLUMNS if args.variance_probe else ()))
 
 
 if __name__ == "__main__":

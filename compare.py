@@ -39,6 +39,10 @@ class Args:
     """bootstrap resamples"""
     seed: int = 0
     """seed of the bootstrap"""
+    metric: str = "eval_return"
+    """the metrics.csv column to compare (e.g. probe_var_ratio of bpo.py --variance-probe)"""
+    log_y: bool = False
+    """logarithmic y axis (for ratios such as probe_var_ratio)"""
 
 
 class CompareError(ValueError):
@@ -53,7 +57,7 @@ class Run(NamedTuple):
     warnings: tuple[str, ...]  # did not complete, diverged seeds
 
 
-def load_run(folder: str, label: str | None) -> Run:
+def load_run(folder: str, label: str | None, metric: str = "eval_return") -> Run:
     """Read config.json and metrics.csv of one run; any problem is an error naming the file."""
     config_path, metrics_path = os.path.join(folder, "config.json"), os.path.join(folder, "metrics.csv")
     for path in (config_path, metrics_path):
@@ -68,7 +72,7 @@ def load_run(folder: str, label: str | None) -> Run:
     try:
         with open(metrics_path, newline="") as f:
             rows = [(int(r["seed"]), int(r["env_steps"]), int(r.get("diverged") or 0),
-                     float(r["eval_return"]) if r["eval_return"] != "" else np.nan) for r in csv.DictReader(f)]
+                     float(r[metric]) if r[metric] != "" else np.nan) for r in csv.DictReader(f)]
     except (KeyError, ValueError, TypeError) as e:
         raise CompareError(f"{metrics_path}: malformed ({e!r})")
     if not rows:
@@ -130,7 +134,8 @@ def default_thresholds(runs: list[Run]) -> dict[str, float]:
 
 def table(runs: list[Run], args: Args) -> str:
     defaults = default_thresholds(runs)
-    lines = [f"| run | env | seeds | final return, IQM [{args.confidence:.0%} CI] | AUC (mean IQM return) "
+    name = "return" if args.metric == "eval_return" else args.metric
+    lines = [f"| run | env | seeds | final {name}, IQM [{args.confidence:.0%} CI] | AUC (mean IQM {name}) "
              f"| threshold | steps to threshold (median; reached) |", "|---|---|---|---|---|---|---|"]
     for run in runs:
         final = run.returns[:, -1]
@@ -161,7 +166,9 @@ def plot(runs: list[Run], args: Args) -> None:
             lo, hi = iqm_interval(run.returns.T, args)
             line, = ax.plot(run.steps, iqm(run.returns.T), label=f"{run.label} ({run.returns.shape[0]} seeds)")
             ax.fill_between(run.steps, lo, hi, color=line.get_color(), alpha=0.2)
-        ax.set(title=env_id, xlabel="environment steps (per seed)", ylabel="eval return (IQM over seeds)")
+        ax.set(title=env_id, xlabel="environment steps (per seed)", ylabel=f"{args.metric} (IQM over seeds)")
+        if args.log_y:
+            ax.set_yscale("log")
         ax.xaxis.set_major_formatter(EngFormatter())  # 100k, 1.5M: readable ticks
         ax.legend(fontsize="small")
     fig.suptitle(f"IQM over seeds, {args.confidence:.0%} bootstrap interval shaded")
@@ -177,7 +184,7 @@ def compare(args: Args) -> str:
     if args.labels and len(args.labels) != len(args.runs):
         raise CompareError(f"--labels has {len(args.labels)} names for {len(args.runs)} runs")
     labels = args.labels or (None,) * len(args.runs)
-    runs = [load_run(folder, label) for folder, label in zip(args.runs, labels)]
+    runs = [load_run(folder, label, args.metric) for folder, label in zip(args.runs, labels)]
     out_dir = os.path.dirname(args.output)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)

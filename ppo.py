@@ -50,7 +50,7 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        act = {"tanh": nn.tanh, "relu": nn.relu}[self.activation]
+        act = {"tanh": nn.tanh, "relu": nn.relu, "swish": nn.swish}[self.activation]
         for h in self.hidden_sizes:
             x = act(dense(h, self.kernel_init, np.sqrt(2))(x))
         return dense(self.out, self.kernel_init, self.out_scale)(x)
@@ -215,7 +215,7 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
     num_iterations = args.total_timesteps // batch_size
     iters_per_chunk = max(1, min(args.eval_every // batch_size, num_iterations))
     actor = Actor(spec, args.hidden_sizes, args.actor_activation, args.kernel_init, args.log_std_init)
-    critic = Critic(args.hidden_sizes, args.critic_activation, args.kernel_init)
+    critic = Critic(args.critic_hidden_sizes or args.hidden_sizes, args.critic_activation, args.kernel_init)
     # Adam with global-norm clipping; with anneal_lr the rate decays linearly to 0 per optimizer
     # step over minibatches x epochs x iterations (as the reference's linear_schedule).
     lr = (optax.linear_schedule(args.learning_rate, 0.0, num_iterations * args.num_epochs * num_minibatches)
@@ -277,6 +277,8 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
             ts = jax.vmap(env.step)(jax.random.split(k_env, args.num_envs), env_state, action)
             done = ts.terminated | ts.truncated
             reward = ts.reward
+            if args.reward_scale != 1.0:  # Brax's reward_scaling; evaluation returns stay unscaled
+                reward = reward * args.reward_scale
             scaler, discounted_return = envs.track_returns(scaler, reward, done, args.gamma)
             if args.normalize_reward:
                 reward = envs.scale_reward(scaler, reward)
@@ -418,10 +420,12 @@ class Args:
     vf_coef: float = 0.5
     """value loss coefficient (the loss is vf_coef * mean((V - return)^2))"""
     hidden_sizes: tuple[int, ...] = (64, 64)
-    """hidden layer widths of the actor and of the critic (separate networks)"""
-    actor_activation: Literal["tanh", "relu"] = "tanh"
+    """hidden layer widths of the actor (and of the critic, unless critic_hidden_sizes is given)"""
+    critic_hidden_sizes: tuple[int, ...] = ()
+    """hidden layer widths of V; empty: the same as hidden_sizes"""
+    actor_activation: Literal["tanh", "relu", "swish"] = "tanh"
     """activation of the actor's hidden layers"""
-    critic_activation: Literal["tanh", "relu"] = "tanh"
+    critic_activation: Literal["tanh", "relu", "swish"] = "tanh"
     """activation of the critic's hidden layers"""
     kernel_init: Literal["orthogonal", "lecun_normal"] = "lecun_normal"
     """weight init: orthogonal (gain sqrt 2; 0.01 actor head, 1 critic head) or lecun_normal"""
@@ -432,6 +436,8 @@ class Args:
     """initial log standard deviation of the Gaussian policy (continuous actions)"""
     normalize_obs: bool = False
     """normalise observations with running statistics (per seed, frozen during evaluation)"""
+    reward_scale: float = 1.0
+    """multiply every environment reward by this before anything uses it (Brax's reward_scaling)"""
     normalize_reward: bool = False
     """scale rewards by the running std of the discounted return"""
     clip_actions: bool = True
@@ -446,6 +452,14 @@ class Args:
     """where outputs go; default runs/ppo_<env>_<time>"""
     overwrite: bool = False
     """allow writing into an existing non-empty output directory (a previous run's outputs are removed)"""
+    checkpoint_every: int = 10
+    """save a checkpoint of every seed's complete training state every this many evaluation
+    intervals, at the end, and when stopped by Ctrl-C or SIGTERM (the latest 3 are kept); 0: never"""
+    resume: str | None = None
+    """continue the run in this output folder from its latest checkpoint, with its saved
+    configuration: no other flag may change it, but a larger --total-timesteps extends it"""
+    tensorboard: bool = False
+    """also write every metric of every seed, and their means, to <output-dir>/tb (tensorboardX)"""
 
 
 # Presets: names -> field values, applied in order (compose e.g. `--preset mujoco_ppo`).
@@ -494,16 +508,51 @@ PRESETS: dict[str, dict[str, Any]] = {
         hidden_sizes=(64, 64), actor_activation="tanh", critic_activation="tanh",
         kernel_init="orthogonal", normalize_obs=False, eval_every=20_000,
     ),
+    # MuJoCo Playground's PPO settings for its DM Control Suite (playground 0.2.0's
+    # dm_control_suite_params.brax_ppo_config, with Brax 0.14.2's PPO defaults where it is silent):
+    # those its 19 tasks without an override share. env_id is left unset: give --env-id. One Brax
+    # training step, 2048 envs x 16 unrolls of 30 steps, is num_envs 2048 x num_steps 480 = 983,040
+    # env steps, in 32 minibatches of 1024 x 30 = 30,720, 16 passes. Per-task overrides, by hand:
+    #   --gamma 0.95                     BallInCup, FingerSpin
+    #   --total-timesteps 100000000      AcrobotSwingup, AcrobotSwingupSparse, SwimmerSwimmer6, WalkerRun
+    # (Playground's PendulumSwingup override, action_repeat 4 and 4 passes, is keyed on the name
+    # "PendulumSwingUp", which no task has: Playground trains PendulumSwingup with these settings.)
+    # Brax's value loss is 0.5 * vf_loss_coefficient (0.5) * squared error: vf_coef 0.25. Brax's
+    # max_grad_norm None (no clipping) is max_grad_norm inf here (optax's clip_by_global_norm with
+    # inf leaves every gradient as it is). Brax's lecun_uniform init: lecun_normal (same variance).
+    # Brax runs more than num_timesteps: with num_evals 10 and num_resets_per_eval 10 it takes
+    # 9 x 10 x ceil(60M / (9 x 10 x 983,040)) = 90 training steps, 88,473,600 env steps (100M: 180,
+    # 176,947,200), and resets every environment after each training step, so its training episodes
+    # stop at 480 of their 1000 steps; here 60M is 61 iterations (59,965,440 steps) and environments
+    # run on across iterations to the 1000-step limit.
+    # Not expressible here: Brax's tanh-squashed normal with a state-dependent std
+    # (softplus(x) + 0.001); this is a Gaussian with a state-independent log std, started at Brax's
+    # initial std softplus(0) + 0.001 = 0.694, and actions clipped to [-1, 1]. Nor Brax's GAE, which
+    # runs over each 30-step unroll with the current V in every minibatch and zeroes the TD error at
+    # a time limit (here GAE runs over the 480-step rollout once, and a time limit bootstraps, eq. 4).
+    "playground_dm_control": dict(
+        total_timesteps=60_000_000, num_envs=2048, num_steps=480, minibatch_size=30_720, num_epochs=16,
+        learning_rate=1e-3, anneal_lr=False, adam_eps=1e-8, max_grad_norm=float("inf"), gamma=0.995,
+        gae_lambda=0.95, clip_coef=0.3, anneal_clip=False, clip_vloss=False, norm_adv=True, ent_coef=0.01,
+        vf_coef=0.25, hidden_sizes=(32, 32, 32, 32), critic_hidden_sizes=(256, 256, 256, 256, 256),
+        actor_activation="swish", critic_activation="swish", kernel_init="lecun_normal",
+        use_sde=False, log_std_init=-0.365, reward_scale=10.0, normalize_obs=True,
+        normalize_reward=False, clip_actions=True, max_episode_steps=0, eval_every=5 * 983_040,
+    ),
 }
-BRAX_PRESETS = ["mujoco_ppo"]  # what a Brax env id gets without --preset
+SUITE_PRESETS = {"brax": ["mujoco_ppo"]}  # what a Brax env id gets without --preset
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    return runner.parse_args(Args, PRESETS, BRAX_PRESETS, argv, __doc__)
+    return runner.parse_args(Args, PRESETS, SUITE_PRESETS, argv, __doc__)
 
 
 def validate(args: Args) -> None:
+    """runner.py's checks, then the critic's widths and the reward scale."""
     runner.validate(args)
+    if args.critic_hidden_sizes and min(args.critic_hidden_sizes) <= 0:
+        raise runner.ConfigError(f"--critic-hidden-sizes must be positive widths, got {args.critic_hidden_sizes}")
+    runner.check_range(args, "reward_scale", lo=0.0, lo_open=True)
 
 
 def run(args: Args) -> dict:

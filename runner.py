@@ -318,8 +318,8 @@ def save_checkpoint(manager, step: int, state, meta: dict) -> float:
     import orbax.checkpoint as ocp
 
     t0 = time.perf_counter()
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-                 force=True)
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_without_empty(state)),
+                                               meta=ocp.args.JsonSave(meta)), force=True)
     manager.wait_until_finished()
     return time.perf_counter() - t0
 
@@ -331,9 +331,16 @@ def restore_checkpoint(manager, like):
     step = manager.latest_step()
     if step is None:
         raise ConfigError(f"--resume: no checkpoint in {manager.directory}")
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(like),
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_without_empty(like)),
                                                              meta=ocp.args.JsonRestore()))
-    return restored.state, restored.meta
+    state = jax.tree.map(lambda x, r: x if r is None else r, like, restored.state, is_leaf=lambda r: r is None)
+    return state, restored.meta
+
+
+def _without_empty(tree):
+    """orbax refuses zero-size arrays (Brax keeps some in its states): they are left out of a
+    checkpoint (None) and taken from the freshly initialised state on restore."""
+    return jax.tree.map(lambda x: x if x.size else None, tree)
 
 
 def directory_mb(path: str) -> float:
@@ -450,6 +457,11 @@ def run(args, algo: str, validate_args: Callable, make_train: Callable, metric_c
                             saved_at = done_iters
                         t_train = time.perf_counter()
                     stop.signal = stop.signal or (caught[0] if caught else None)
+                    for r in new_rows:  # bpo.py's variance probe: its two means should agree
+                        if abs(r.get("probe_bias_z", 0.0)) > 3:
+                            print(f"seed {r['seed']} at {steps:,} steps: the variance probe's importance-weighted mean "
+                                  f"differs from the on-policy one by {r['probe_bias_z']:.1f} standard errors "
+                                  "(unbiased estimates should agree within about 3)", flush=True)
                     print_progress(algo, env_id, rows[-len(seeds):], done_iters, trainer.num_iterations, batch,
                                    progress["train_seconds"], len(seeds))
             except KeyboardInterrupt:  # the second Ctrl-C: the interval in flight is dropped

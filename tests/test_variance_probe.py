@@ -1,0 +1,111 @@
+"""The variance probe of bpo.py and bpo_traj.py on a bandit whose variance-minimising behaviour
+policy is known in closed form."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import bpo
+import bpo_traj
+import envs
+
+R = np.array([1.0, -2.0, 8.0])  # one step, reward r(a), then the episode ends
+PI = np.array([0.5, 0.3, 0.2])
+N = 40_000
+
+
+def bandit():
+    raw = envs.RawEnv(lambda k: (jnp.ones(1), jnp.zeros(())),
+                      lambda k, s, a: (jnp.ones(1), s, jnp.asarray(R)[a], True), (1,), envs.ActionSpec(True, 3))
+    return envs.with_time_limit("bandit", raw, 10)
+
+
+def with_probs(actor_params, probs):
+    """Actor parameters whose policy is `probs` in every state: a zero last kernel, log-probs as bias."""
+    params = jax.tree.map(lambda x: x, actor_params)
+    last = params["params"]["MLP_0"][f"Dense_{len(bpo.Args().hidden_sizes)}"]
+    last["kernel"] = jnp.zeros_like(last["kernel"])
+    last["bias"] = jnp.log(jnp.asarray(probs, jnp.float32))
+    return params
+
+
+def probe(module, mu_probs, **kw):
+    args = module.Args(num_envs=1, num_steps=64, minibatch_size=64, variance_probe=N, variance_probe_horizon=2, gamma=0.9, **kw)
+    trainer = module.make_train(args, bandit())
+    state = trainer.init(jax.random.PRNGKey(0))
+    params = {**state.params, "pi": with_probs(state.params["pi"], PI), "mu": with_probs(state.params["pi"], mu_probs)}
+    out = jax.jit(trainer.variance_probe)(state._replace(params=params), jax.random.PRNGKey(1))
+    return {k: float(v) for k, v in out.items()}
+
+
+def exact(mu):
+    """Mean and variances of r(a) (on-policy) and of (pi/mu)(a) r(a) with a ~ mu."""
+    mean = np.sum(PI * R)
+    return mean, np.sum(PI * R**2) - mean**2, np.sum(PI**2 * R**2 / mu) - mean**2
+
+
+@pytest.mark.parametrize("module", [bpo, bpo_traj])
+def test_probe_against_the_exact_variances(module):
+    # mu* ∝ pi sqrt(q_hat) = pi |r| (q_hat = r^2 for a one-step episode): the variance-minimising mu
+    mu_star = PI * np.abs(R) / np.sum(PI * np.abs(R))
+    out = probe(module, mu_star, clip_rho=100.0, clip_c=100.0)  # clipping that never binds
+    mean, var_pi, var_mu = exact(mu_star)
+    # standard errors of the estimates from N samples (the variance's from the fourth moment)
+    se_mean_pi = np.sqrt(var_pi / N)
+    fourth = np.sum(PI * (R - mean) ** 4)
+    se_var_pi = np.sqrt((fourth - var_pi**2) / N)
+    assert abs(out["probe_pi_mean"] - mean) < 4 * se_mean_pi
+    assert abs(out["probe_pi_var"] - var_pi) < 4 * se_var_pi
+    # unbiased: the two means agree within their errors
+    assert abs(out["probe_mu_mean"] - out["probe_pi_mean"]) < 4 * out["probe_se_diff"]
+    assert abs(out["probe_bias_z"]) < 4
+    # the measured ratio matches the exact one (0.32 here): mu* cuts the variance
+    exact_ratio = var_mu / var_pi
+    assert exact_ratio < 0.5
+    np.testing.assert_allclose(out["probe_var_ratio"], exact_ratio, rtol=0.1)
+    # clipping that never binds changes nothing
+    assert out["probe_mu_clipped_mean"] == pytest.approx(out["probe_mu_mean"], rel=1e-5)
+
+
+@pytest.mark.parametrize("module", [bpo, bpo_traj])
+def test_with_mu_equal_to_pi_the_two_estimates_are_the_same_numbers(module):
+    out = probe(module, PI)
+    assert out["probe_mu_mean"] == out["probe_pi_mean"] and out["probe_mu_var"] == out["probe_pi_var"]
+    assert out["probe_var_ratio"] == 1.0 and out["probe_var_ratio_clipped"] == 1.0
+
+
+def test_clipped_weights_follow_each_estimator():
+    """A mu that makes ratios above the clips: bpo.py clips each ratio (V-trace), bpo_traj.py the
+    product; for a one-step episode both weigh r by min(ratio, clip_rho), so they agree here, and
+    the clipped mean is pulled below the unbiased one (weights only shrink)."""
+    mu = np.array([0.2, 0.2, 0.6])  # pi/mu = 2.5, 1.5, 0.33
+    a, b = probe(bpo, mu, clip_rho=1.0, clip_c=1.0), probe(bpo_traj, mu, clip_rho=1.0, clip_c=1.0)
+    assert a["probe_mu_clipped_mean"] == pytest.approx(b["probe_mu_clipped_mean"], rel=1e-6)
+    clipped_mean = np.sum(mu * np.minimum(PI / mu, 1.0) * R)  # E_mu[min(pi/mu, 1) r]
+    assert abs(a["probe_mu_clipped_mean"] - clipped_mean) < 0.05
+
+
+def test_probe_off_leaves_the_compiled_program_unchanged():
+    """With --variance-probe 0 the probe's flags do not reach the compiled program, and with it on
+    the training's random numbers are untouched (the probe draws from its own stream)."""
+    env = envs.make("CartPole-v1")
+    base = bpo.Args(num_envs=4, num_steps=32, minibatch_size=64, num_epochs=1, replay_size=128, fqe_epochs=1,
+                    mu_epochs=1, total_timesteps=256, eval_every=128, eval_episodes=2)
+
+    def program(args):
+        trainer = bpo.make_train(args, env)
+        state = trainer.init(jax.random.PRNGKey(0))
+        return jax.jit(trainer.train_chunk).lower(state, jnp.int32(1)).as_text(), trainer, state
+
+    off, trainer, state = program(base)
+    assert program(dataclasses.replace(base, variance_probe_horizon=7))[0] == off
+    on, trainer_on, _ = program(dataclasses.replace(base, variance_probe=8))
+    assert on != off and "probe" not in off
+    s_off, m_off = jax.jit(trainer.train_chunk)(state, jnp.int32(1))
+    s_on, m_on = jax.jit(trainer_on.train_chunk)(state, jnp.int32(1))
+    for x, y in zip(jax.tree.leaves(s_off), jax.tree.leaves(s_on)):
+        np.testing.assert_array_equal(x, y)
+    assert float(m_on["eval_return"]) == float(m_off["eval_return"]) and "probe_var_ratio" in m_on
