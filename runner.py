@@ -347,16 +347,20 @@ def directory_mb(path: str) -> float:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files) / 2**20
 
 
-@jax.jit
-def finite_per_seed(params, metrics):
-    """Per seed (leading axis): every parameter and every watched metric is finite."""
-    ok = [jnp.all(jnp.isfinite(x).reshape(x.shape[0], -1), 1) for x in jax.tree.leaves(params)
-          if jnp.issubdtype(x.dtype, jnp.floating)]
-    ok += [jnp.isfinite(metrics[k]) for k in DIVERGENCE_METRICS if k in metrics]
-    return jnp.all(jnp.stack(ok), 0)
-
-
 DIVERGENCE_METRICS = ("eval_return", "pg_loss", "v_loss")  # nan or inf here: the seed diverged
+
+
+def guarded(train_chunk: Callable) -> Callable:
+    """train_chunk, whose metrics also say (under "finite") whether the seed's parameters and
+    watched metrics are all finite: the check is compiled into the same program."""
+
+    def chunk(state, num_active):
+        state, metrics = train_chunk(state, num_active)
+        ok = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state.params) if jnp.issubdtype(x.dtype, jnp.floating)]
+        ok += [jnp.isfinite(metrics[k]) for k in DIVERGENCE_METRICS if k in metrics]
+        return state, {**metrics, "finite": jnp.all(jnp.stack(ok))}
+
+    return chunk
 
 
 def keep_frozen(frozen: np.ndarray, new, old):
@@ -397,7 +401,7 @@ def run(args, algo: str, validate_args: Callable, make_train: Callable, metric_c
         try:
             t0 = time.perf_counter()
             state = jax.block_until_ready(init_seeds(trainer.init, seeds))
-            chunk = jax.jit(jax.vmap(trainer.train_chunk, in_axes=(0, None), axis_name="seeds"))
+            chunk = jax.jit(jax.vmap(guarded(trainer.train_chunk), in_axes=(0, None), axis_name="seeds"))
             chunk = chunk.lower(state, jnp.int32(0)).compile()
             compile_seconds = time.perf_counter() - t0
         except KeyboardInterrupt:  # a second Ctrl-C during compilation: nothing was computed
@@ -432,8 +436,8 @@ def run(args, algo: str, validate_args: Callable, make_train: Callable, metric_c
                     # Dispatch is asynchronous: `state` is rebound only once the interval's metrics
                     # are on the host and written, so it always matches metrics.csv.
                     next_state, metrics = chunk(state, jnp.int32(n))
-                    newly = ~np.asarray(finite_per_seed(next_state.params, metrics)) & ~frozen
                     metrics = jax.device_get(metrics)
+                    newly = ~metrics.pop("finite") & ~frozen
                     with _signals_deferred() as caught:
                         steps = (done_iters + n) * batch
                         for i in np.flatnonzero(newly):
@@ -472,12 +476,11 @@ def run(args, algo: str, validate_args: Callable, make_train: Callable, metric_c
                 progress["checkpoint_seconds"].append(save_checkpoint(manager, done_iters, state, progress))
             if tb is not None:
                 tb.close()
+            latest = manager.latest_step() if manager else None
+            checkpoint_mb = directory_mb(os.path.join(out, "checkpoints", str(latest))) if latest is not None else None
             summary = write_outputs(out, algo, env_id, seeds, state, rows, progress, batch, trainer.num_iterations,
-                                    compile_seconds, interrupted=stop.signal is not None)
-            if manager:
-                summary["checkpoint_mb"] = directory_mb(os.path.join(out, "checkpoints", str(manager.latest_step())))
-                with open(os.path.join(out, "summary.json"), "w") as f:
-                    json.dump(summary, f, indent=2)
+                                    compile_seconds, checkpoint_mb,
+                                    interrupted=stop.signal is not None and done_iters < trainer.num_iterations)
     if summary["interrupted"]:
         script = os.path.basename(sys.argv[0]) if sys.argv[0].endswith(".py") else f"{algo}.py"
         how = (f"resume with: python {script} --resume {out}" if manager
@@ -551,7 +554,7 @@ def log_tensorboard(writer, rows: list[dict], columns, steps: int) -> None:
 
 
 def write_outputs(out, algo, env_id, seeds, state, rows, progress, batch, num_iterations, compile_seconds,
-                  interrupted) -> dict:
+                  checkpoint_mb, interrupted) -> dict:
     """summary.json, params.msgpack and curves.png for the last completed interval, and the
     console's closing table."""
     done_iters, train_seconds, diverged = progress["done_iters"], progress["train_seconds"], progress["diverged"]
@@ -570,6 +573,7 @@ def write_outputs(out, algo, env_id, seeds, state, rows, progress, batch, num_it
         peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         checkpoints_saved=len(progress["checkpoint_seconds"]),
         checkpoint_seconds_mean=float(np.mean(progress["checkpoint_seconds"])) if progress["checkpoint_seconds"] else None,
+        checkpoint_mb=checkpoint_mb,  # the latest checkpoint's size on disk
         completed=not interrupted and done_iters == num_iterations,
         interrupted=interrupted,
     )
