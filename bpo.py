@@ -1016,7 +1016,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-SUITE_PRESETS = {"brax": ["mujoco_ppo", "ppo_bpo_zero1.0"]}  # what a Brax env id gets without --preset
+# What a Brax or a Playground env id gets without --preset
+SUITE_PRESETS = {
+    "brax": ["mujoco_ppo", "ppo_bpo_zero1.0"],
+    "playground": ["playground_dm_control", "ppo_bpo_zero1.0"],
+}
 
 
 def parse_args(argv: list[str] | None = None) -> Args:

@@ -1033,7 +1033,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-SUITE_PRESETS = {"brax": ["mujoco_ppo", "ppo_bpo_zero1.0_traj"]}  # what a Brax env id gets without --preset
+# What a Brax or a Playground env id gets without --preset
+SUITE_PRESETS = {
+    "brax": ["mujoco_ppo", "ppo_bpo_zero1.0_traj"],
+    "playground": ["playground_dm_control", "ppo_bpo_zero1.0_traj"],
+}
 
 
 def parse_args(argv: list[str] | None = None) -> Args:

@@ -39,8 +39,9 @@ class Args:
     """bootstrap resamples"""
     seed: int = 0
     """seed of the bootstrap"""
-    metric: str = "eval_return"
-    """the metrics.csv column to compare (e.g. probe_var_ratio of bpo.py --variance-probe)"""
+    metric: tuple[str, ...] = ("eval_return",)
+    """the metrics.csv columns to compare, one curve per run and column (e.g. probe_var_ratio
+    probe_var_ratio_clipped of bpo.py --variance-probe)"""
     log_y: bool = False
     """logarithmic y axis (for ratios such as probe_var_ratio)"""
 
@@ -134,7 +135,7 @@ def default_thresholds(runs: list[Run]) -> dict[str, float]:
 
 def table(runs: list[Run], args: Args) -> str:
     defaults = default_thresholds(runs)
-    name = "return" if args.metric == "eval_return" else args.metric
+    name = "return" if args.metric == ("eval_return",) else "value"
     lines = [f"| run | env | seeds | final {name}, IQM [{args.confidence:.0%} CI] | AUC (mean IQM {name}) "
              f"| threshold | steps to threshold (median; reached) |", "|---|---|---|---|---|---|---|"]
     for run in runs:
@@ -166,11 +167,11 @@ def plot(runs: list[Run], args: Args) -> None:
             lo, hi = iqm_interval(run.returns.T, args)
             line, = ax.plot(run.steps, iqm(run.returns.T), label=f"{run.label} ({run.returns.shape[0]} seeds)")
             ax.fill_between(run.steps, lo, hi, color=line.get_color(), alpha=0.2)
-        ax.set(title=env_id, xlabel="environment steps (per seed)", ylabel=f"{args.metric} (IQM over seeds)")
+        ax.set(title=env_id, xlabel="environment steps (per seed)", ylabel=f"{args.metric[0] if len(args.metric) == 1 else 'value'} (IQM over seeds)")
         if args.log_y:
             ax.set_yscale("log")
         ax.xaxis.set_major_formatter(EngFormatter())  # 100k, 1.5M: readable ticks
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="x-small")
     fig.suptitle(f"IQM over seeds, {args.confidence:.0%} bootstrap interval shaded")
     fig.tight_layout()
     for ext in ("png", "svg"):
@@ -184,7 +185,10 @@ def compare(args: Args) -> str:
     if args.labels and len(args.labels) != len(args.runs):
         raise CompareError(f"--labels has {len(args.labels)} names for {len(args.runs)} runs")
     labels = args.labels or (None,) * len(args.runs)
-    runs = [load_run(folder, label, args.metric) for folder, label in zip(args.runs, labels)]
+    runs = [load_run(folder, label, metric) for folder, label in zip(args.runs, labels) for metric in args.metric]
+    if len(args.metric) > 1:  # one curve per run and column
+        runs = [run._replace(label=f"{run.label}: {metric}") for run, metric in
+                zip(runs, [m for _ in args.runs for m in args.metric])]
     out_dir = os.path.dirname(args.output)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)

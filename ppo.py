@@ -540,7 +540,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         normalize_reward=False, clip_actions=True, max_episode_steps=0, eval_every=5 * 983_040,
     ),
 }
-SUITE_PRESETS = {"brax": ["mujoco_ppo"]}  # what a Brax env id gets without --preset
+# What a Brax or a Playground env id gets without --preset
+SUITE_PRESETS = {"brax": ["mujoco_ppo"], "playground": ["playground_dm_control"]}
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
