@@ -460,7 +460,8 @@ def run(args, algo: str, validate_args: Callable, make_train: Callable, metric_c
                             progress["checkpoint_seconds"].append(save_checkpoint(manager, done_iters, state, progress))
                             saved_at = done_iters
                         t_train = time.perf_counter()
-                    stop.signal = stop.signal or (caught[0] if caught else None)
+                    if caught:  # a signal that came while the rows were written: handled now
+                        stop(caught[0], None)
                     for r in new_rows:  # bpo.py's variance probe: its two means should agree
                         if abs(r.get("probe_bias_z", 0.0)) > 3:
                             print(f"seed {r['seed']} at {steps:,} steps: the variance probe's importance-weighted mean "
