@@ -37,7 +37,7 @@ def rows(folder):
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize("module,sig", [(ppo, signal.SIGINT), (bpo, signal.SIGTERM)])
+@pytest.mark.parametrize("module,sig", [(ppo, signal.SIGINT)])  # bpo.py and SIGTERM: tests/test_resume.py
 def test_interrupted_run_writes_consistent_outputs(module, sig, tmp_path):
     flags = {**FLAGS, **(BPO_FLAGS if module is bpo else {})}
     out = tmp_path / "run"

@@ -127,7 +127,7 @@ def test_playground_preset_flag_overrides_in_ppo():
         100_000_000, 1.0, 1.0, 16)
 
 
-@pytest.mark.parametrize("module", [ppo, bpo, bpo_traj])
+@pytest.mark.parametrize("module", [ppo, bpo])  # bpo_traj.py is bpo.py here, line for line
 def test_critic_sizes_swish_and_reward_scale_do_what_they_say(module):
     """critic_hidden_sizes shapes V only (pi keeps hidden_sizes, Q heads q_hidden_sizes); swish is
     x * sigmoid(x); reward_scale multiplies the rollout's rewards exactly and nothing else (the
