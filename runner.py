@@ -456,7 +456,8 @@ def run(args, algo: str, validate_args: Callable, make_train: Callable, metric_c
                             log_tensorboard(tb, new_rows, columns, steps)
                         progress.update(done_iters=done_iters, num_rows=len(rows),
                                         train_seconds=progress["train_seconds"] + time.perf_counter() - t_train)
-                        if manager and done_iters - saved_at >= args.checkpoint_every * trainer.iters_per_chunk:
+                        due = args.checkpoint_every * trainer.iters_per_chunk
+                        if args.checkpoint_every and done_iters - saved_at >= due:
                             progress["checkpoint_seconds"].append(save_checkpoint(manager, done_iters, state, progress))
                             saved_at = done_iters
                         t_train = time.perf_counter()
@@ -473,7 +474,7 @@ def run(args, algo: str, validate_args: Callable, make_train: Callable, metric_c
                 stop.signal = signal.SIGINT
 
         with _signals_deferred():
-            if manager and saved_at != done_iters and args.checkpoint_every > 0:
+            if args.checkpoint_every and saved_at != done_iters:
                 progress["checkpoint_seconds"].append(save_checkpoint(manager, done_iters, state, progress))
             if tb is not None:
                 tb.close()
