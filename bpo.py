@@ -214,14 +214,13 @@ def ppo_loss(params, apply_actor, apply_critic, spec, batch, clip_coef, ent_coef
     log_ratio = log_prob(spec, dist, batch.action) - batch.log_old
     ratio = jnp.exp(log_ratio)
     adv = batch.advantage
-    if args.norm_adv:
-        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    # jnp.where, not if, for the flags a sweep may vary (traced values; see runner.py --sweep)
+    adv = jnp.where(args.norm_adv, (adv - adv.mean()) / (adv.std() + 1e-8), adv)
     pg_loss = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - clip_coef, 1 + clip_coef) * adv).mean()
     value = apply_critic(params["v"], batch.obs)
     v_err = (value - batch.vs) ** 2
-    if args.clip_vloss:
-        v_clipped = batch.value + jnp.clip(value - batch.value, -clip_coef, clip_coef)
-        v_err = jnp.maximum(v_err, (v_clipped - batch.vs) ** 2)
+    v_clipped = batch.value + jnp.clip(value - batch.value, -clip_coef, clip_coef)
+    v_err = jnp.where(args.clip_vloss, jnp.maximum(v_err, (v_clipped - batch.vs) ** 2), v_err)
     v_loss = v_err.mean()
     ent = entropy(spec, dist).mean()
     loss = pg_loss + args.vf_coef * v_loss - ent_coef * ent
@@ -390,8 +389,8 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
     iters_per_chunk = max(1, min(args.eval_every // batch_size, num_iterations))
     # the probe's segments: until gamma^t < 0.01 (the discounted tail left out is under 1% of a
     # constant reward's), at most an episode
-    probe_horizon = args.variance_probe_horizon or min(
-        env.max_episode_steps, int(np.ceil(np.log(0.01) / np.log(args.gamma))) if args.gamma < 1 else env.max_episode_steps)
+    probe_horizon = (args.variance_probe_horizon or min(
+        env.max_episode_steps, int(np.ceil(np.log(0.01) / np.log(args.gamma))) if args.gamma < 1 else env.max_episode_steps)) if args.variance_probe else 0
     actor = Actor(spec, args.hidden_sizes, args.actor_activation, args.kernel_init, args.log_std_init)
     critic = Critic(args.critic_hidden_sizes or args.hidden_sizes, args.critic_activation, args.kernel_init)
     q_args = (spec, args.q_hidden_sizes, args.critic_activation, args.q_kernel_init,
@@ -402,8 +401,8 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
     # iterations. mu and the Q heads: their rate is applied in `apply` and decays with training
     # progress, so all reach zero at the end of training (the reference decays each by its own
     # step count against the PPO update's total, so mu's and the Q heads' rates reach zero early).
-    lr_ppo = (optax.linear_schedule(args.learning_rate, 0.0, num_iterations * args.num_epochs * num_minibatches)
-              if args.anneal_lr else optax.constant_schedule(args.learning_rate))
+    decay = optax.linear_schedule(args.learning_rate, 0.0, num_iterations * args.num_epochs * num_minibatches)
+    lr_ppo = lambda count: jnp.where(args.anneal_lr, decay(count), args.learning_rate)  # noqa: E731
     tx_ppo = optax.chain(optax.clip_by_global_norm(args.max_grad_norm), optax.adam(lr_ppo, eps=args.adam_eps))
     tx = optax.chain(optax.clip_by_global_norm(args.max_grad_norm), optax.scale_by_adam(eps=args.adam_eps))
 
@@ -436,15 +435,14 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
     # One iteration: steps 1-7 -------------------------------------------------------------------
     def iteration(state):
         learning_rate = lr_ppo(state.iteration * args.num_epochs * num_minibatches)  # pi's and V's
-        lr = args.learning_rate * (1.0 - state.iteration / num_iterations) if args.anneal_lr else args.learning_rate
+        lr = jnp.where(args.anneal_lr, args.learning_rate * (1.0 - state.iteration / num_iterations), args.learning_rate)
         state, traj, (done, ep_return, ep_length, discounted_return) = rollout(state)  # 1.
         last_value = critic.apply(state.params["v"], norm(state, state.obs))
         vs, adv, rho, clipped = vtrace(traj.reward, traj.value, traj.done, last_value, traj.log_pi, traj.log_mu,
                                        args.gamma, args.gae_lambda, args.clip_rho, args.clip_c)  # 2.
-        if args.weight_on_adv:
-            batch = Batch(norm(state, traj.obs), traj.action, traj.log_pi, traj.value, adv * rho, vs)
-        else:
-            batch = Batch(norm(state, traj.obs), traj.action, traj.log_mu, traj.value, adv, vs)
+        # weight_on_adv: the surrogate's ratio against pi_old, rho folded into the advantage
+        batch = Batch(norm(state, traj.obs), traj.action, jnp.where(args.weight_on_adv, traj.log_pi, traj.log_mu),
+                      traj.value, jnp.where(args.weight_on_adv, adv * rho, adv), vs)
         state, stats = ppo_update(state, batch)  # 3.
         if args.no_bpo:  # mu is pi for the next rollout; steps 4-7 are skipped
             state = state._replace(params={**state.params, "mu": state.params["pi"]})
@@ -497,8 +495,7 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
             ts = jax.vmap(env.step)(jax.random.split(k_env, args.num_envs), env_state, action)
             done = ts.terminated | ts.truncated
             reward = ts.reward
-            if args.reward_scale != 1.0:  # Brax's reward_scaling; evaluation returns stay unscaled
-                reward = reward * args.reward_scale
+            reward = reward * args.reward_scale  # Brax's reward_scaling; evaluation returns stay unscaled
             scaler, discounted_return = envs.track_returns(scaler, reward, done, args.gamma)
             if args.normalize_reward:
                 reward = envs.scale_reward(scaler, reward)
@@ -527,7 +524,7 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
     def ppo_update(state, batch):
         """num_epochs passes over the batch in shuffled minibatches."""
         progress = state.iteration / num_iterations
-        clip_coef = args.clip_coef * (1.0 - progress) if args.anneal_clip else args.clip_coef
+        clip_coef = jnp.where(args.anneal_clip, args.clip_coef * (1.0 - progress), args.clip_coef)
         ent_coef = args.ent_coef if args.no_bpo else 0.0  # with BPO on, the entropy bonus is mu's
         flat = jax.tree.map(lambda x: x.reshape((batch_size,) + x.shape[2:]), batch)
         grad_fn = jax.grad(ppo_loss, has_aux=True)
@@ -922,6 +919,13 @@ class Args:
     configuration: no other flag may change it, but a larger --total-timesteps extends it"""
     tensorboard: bool = False
     """also write every metric of every seed, and their means, to <output-dir>/tb (tensorboardX)"""
+    sweep: tuple[str, ...] = ()
+    """KEY=V1,V2,... [KEY=V1,V2,...]: train the grid product of these values (each member with
+    every seed) in one compiled program, e.g. --sweep clip_coef=0.1,0.2 gamma=0.99,0.999; the keys
+    that can be swept are SWEEPABLE's (they change no shape and no loop count)"""
+    num_devices: int = 0
+    """spread the members x seeds over this many devices (jax.sharding, padded to a multiple);
+    0: every device (every host's, under jax.distributed.initialize())"""
 
 
 # Presets, applied in order: a base (cartpole_ppo, mujoco_ppo, ...) then a BPO add-on (ppo_bpo...).
@@ -1022,6 +1026,12 @@ SUITE_PRESETS = {
     "playground": ["playground_dm_control", "ppo_bpo_zero1.0"],
 }
 
+# The flags --sweep may vary: numbers and switches that change no array shape, no loop count
+# and no program structure; the compiled program reads them as (vmapped) inputs.
+SWEEPABLE = ("learning_rate", "anneal_lr", "adam_eps", "max_grad_norm", "gamma", "gae_lambda",
+             "clip_coef", "anneal_clip", "clip_vloss", "norm_adv", "ent_coef", "vf_coef", "log_std_init",
+             "reward_scale", "clip_rho", "clip_c", "weight_on_adv", "symlog_reg_coef")
+
 
 def parse_args(argv: list[str] | None = None) -> Args:
     return runner.parse_args(Args, PRESETS, SUITE_PRESETS, argv, __doc__)
@@ -1051,7 +1061,7 @@ def validate(args: Args) -> None:
 
 def run(args: Args) -> dict:
     return runner.run(args, "bpo", validate, make_train,
-                      METRIC_COLUMNS + (PROBE_COLUMNS if args.variance_probe else ()))
+                      METRIC_COLUMNS + (PROBE_COLUMNS if args.variance_probe else ()), SWEEPABLE)
 
 
 if __name__ == "__main__":

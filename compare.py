@@ -1,11 +1,12 @@
 """Compare runs of ppo.py, bpo.py and bpo_traj.py the way a paper does.
 
-Given output folders (each a multi-seed run), draws eval return against env steps, with the
+Given output folders (each a multi-seed run, or a sweep: each member a run), draws eval return against env steps, with the
 interquartile mean (IQM) over seeds and a bootstrap confidence band, one panel per environment
 (PNG and SVG), and prints and writes a Markdown table: final return (IQM and interval), area under
 the curve, and steps to a threshold.
 
     python compare.py runs/ppo_hopper_* runs/bpo_hopper_* --output comparison
+    python compare.py runs/bpo_sweep --output ablation      # a --sweep folder: one curve per member
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ class Run(NamedTuple):
     warnings: tuple[str, ...]  # did not complete, diverged seeds
 
 
-def load_run(folder: str, label: str | None, metric: str = "eval_return") -> Run:
-    """Read config.json and metrics.csv of one run; any problem is an error naming the file."""
+def load_runs(folder: str, label: str | None, metric: str = "eval_return") -> list[Run]:
+    """Read config.json and metrics.csv of one output folder: one Run, or one per member of a
+    sweep (labelled by its swept values); any problem is an error naming the file."""
     config_path, metrics_path = os.path.join(folder, "config.json"), os.path.join(folder, "metrics.csv")
     for path in (config_path, metrics_path):
         if not os.path.isfile(path):
@@ -68,16 +70,36 @@ def load_run(folder: str, label: str | None, metric: str = "eval_return") -> Run
         with open(config_path) as f:
             config = json.load(f)
         algo, env_id, presets = config["algo"], config["env_id"], config["args"].get("preset", [])
+        members = config.get("members") or [{}]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise CompareError(f"{config_path}: malformed ({e!r})")
     try:
         with open(metrics_path, newline="") as f:
-            rows = [(int(r["seed"]), int(r["env_steps"]), int(r.get("diverged") or 0),
+            rows = [(int(r.get("member") or 0), int(r["seed"]), int(r["env_steps"]), int(r.get("diverged") or 0),
                      float(r[metric]) if r[metric] != "" else np.nan) for r in csv.DictReader(f)]
     except (KeyError, ValueError, TypeError) as e:
         raise CompareError(f"{metrics_path}: malformed ({e!r})")
     if not rows:
         raise CompareError(f"{metrics_path}: no rows")
+    label = label or " + ".join([algo, *presets])
+    summary_path = os.path.join(folder, "summary.json")
+    if not os.path.isfile(summary_path):
+        incomplete = f"{folder} has no summary.json (still running, or killed): its last rows may be partial"
+    elif not json.load(open(summary_path)).get("completed", False):
+        incomplete = f"{folder} did not complete (stopped at {max(r[2] for r in rows):,} env steps per seed)"
+    else:
+        incomplete = None
+    runs = []
+    for k, member in enumerate(members):
+        name = label + (": " + " ".join(f"{key}={value}" for key, value in member.items()) if member else "")
+        runs.append(_run(name, env_id, [r[1:] for r in rows if r[0] == k], metrics_path, incomplete))
+    return runs
+
+
+def _run(label: str, env_id: str, rows: list[tuple], metrics_path: str, incomplete: str | None) -> Run:
+    """One run (or sweep member) from its rows (seed, env_steps, diverged, value)."""
+    if not rows:
+        raise CompareError(f"{metrics_path}: no rows for {label}")
     seeds, steps = sorted({r[0] for r in rows}), sorted({r[1] for r in rows})
     returns = np.full((len(seeds), len(steps)), np.nan)
     diverged = sorted({seed for seed, _, flag, _ in rows if flag})
@@ -86,18 +108,12 @@ def load_run(folder: str, label: str | None, metric: str = "eval_return") -> Run
     returns = returns[[seeds.index(s) for s in seeds if s not in diverged]]
     if np.isnan(returns).any():
         raise CompareError(f"{metrics_path}: malformed (not every seed has a row at every env_steps)")
-    label = label or " + ".join([algo, *presets])
-    warnings = []
-    summary_path = os.path.join(folder, "summary.json")
-    if not os.path.isfile(summary_path):
-        warnings.append(f"{label}: {folder} has no summary.json (still running, or killed): its last rows may be partial")
-    elif not json.load(open(summary_path)).get("completed", False):
-        warnings.append(f"{label}: {folder} did not complete (stopped at {steps[-1]:,} env steps per seed)")
+    warnings = [f"{label}: {incomplete}"] if incomplete else []
     if diverged:
         warnings.append(f"{label}: seeds {', '.join(map(str, diverged))} diverged and are left out of its statistics "
                         f"({len(seeds) - len(diverged)} of {len(seeds)} seeds remain)")
     if not len(returns):
-        raise CompareError(f"{folder}: every seed diverged")
+        raise CompareError(f"{label}: every seed diverged")
     return Run(label, env_id, np.asarray(steps), returns, tuple(warnings))
 
 
@@ -185,10 +201,11 @@ def compare(args: Args) -> str:
     if args.labels and len(args.labels) != len(args.runs):
         raise CompareError(f"--labels has {len(args.labels)} names for {len(args.runs)} runs")
     labels = args.labels or (None,) * len(args.runs)
-    runs = [load_run(folder, label, metric) for folder, label in zip(args.runs, labels) for metric in args.metric]
-    if len(args.metric) > 1:  # one curve per run and column
-        runs = [run._replace(label=f"{run.label}: {metric}") for run, metric in
-                zip(runs, [m for _ in args.runs for m in args.metric])]
+    runs = []  # one curve per run (or sweep member) and column
+    for folder, label in zip(args.runs, labels):
+        for metric in args.metric:
+            for run in load_runs(folder, label, metric):
+                runs.append(run._replace(label=f"{run.label}: {metric}") if len(args.metric) > 1 else run)
     out_dir = os.path.dirname(args.output)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)

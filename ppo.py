@@ -144,14 +144,13 @@ def ppo_loss(params, apply_actor, apply_critic, spec, batch, clip_coef, args):
     log_ratio = log_prob(spec, dist, batch.action) - batch.log_old
     ratio = jnp.exp(log_ratio)
     adv = batch.advantage
-    if args.norm_adv:
-        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    # jnp.where, not if, for the flags a sweep may vary (traced values; see runner.py --sweep)
+    adv = jnp.where(args.norm_adv, (adv - adv.mean()) / (adv.std() + 1e-8), adv)
     pg_loss = -jnp.minimum(ratio * adv, jnp.clip(ratio, 1 - clip_coef, 1 + clip_coef) * adv).mean()
     value = apply_critic(params["v"], batch.obs)
     v_err = (value - batch.return_target) ** 2
-    if args.clip_vloss:
-        v_clipped = batch.value + jnp.clip(value - batch.value, -clip_coef, clip_coef)
-        v_err = jnp.maximum(v_err, (v_clipped - batch.return_target) ** 2)
+    v_clipped = batch.value + jnp.clip(value - batch.value, -clip_coef, clip_coef)
+    v_err = jnp.where(args.clip_vloss, jnp.maximum(v_err, (v_clipped - batch.return_target) ** 2), v_err)
     v_loss = v_err.mean()
     ent = entropy(spec, dist).mean()
     loss = pg_loss + args.vf_coef * v_loss - args.ent_coef * ent
@@ -218,8 +217,8 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
     critic = Critic(args.critic_hidden_sizes or args.hidden_sizes, args.critic_activation, args.kernel_init)
     # Adam with global-norm clipping; with anneal_lr the rate decays linearly to 0 per optimizer
     # step over minibatches x epochs x iterations (as the reference's linear_schedule).
-    lr = (optax.linear_schedule(args.learning_rate, 0.0, num_iterations * args.num_epochs * num_minibatches)
-          if args.anneal_lr else optax.constant_schedule(args.learning_rate))
+    decay = optax.linear_schedule(args.learning_rate, 0.0, num_iterations * args.num_epochs * num_minibatches)
+    lr = lambda count: jnp.where(args.anneal_lr, decay(count), args.learning_rate)  # noqa: E731
     tx = optax.chain(optax.clip_by_global_norm(args.max_grad_norm), optax.adam(lr, eps=args.adam_eps))
 
     def norm(state, obs):
@@ -277,8 +276,7 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
             ts = jax.vmap(env.step)(jax.random.split(k_env, args.num_envs), env_state, action)
             done = ts.terminated | ts.truncated
             reward = ts.reward
-            if args.reward_scale != 1.0:  # Brax's reward_scaling; evaluation returns stay unscaled
-                reward = reward * args.reward_scale
+            reward = reward * args.reward_scale  # Brax's reward_scaling; evaluation returns stay unscaled
             scaler, discounted_return = envs.track_returns(scaler, reward, done, args.gamma)
             if args.normalize_reward:
                 reward = envs.scale_reward(scaler, reward)
@@ -299,7 +297,7 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
     def ppo_update(state, batch):
         """num_epochs passes over the batch in shuffled minibatches."""
         progress = state.iteration / num_iterations
-        clip_coef = args.clip_coef * (1.0 - progress) if args.anneal_clip else args.clip_coef
+        clip_coef = jnp.where(args.anneal_clip, args.clip_coef * (1.0 - progress), args.clip_coef)
         flat = jax.tree.map(lambda x: x.reshape((batch_size,) + x.shape[2:]), batch)
         grad_fn = jax.grad(ppo_loss, has_aux=True)
 
@@ -460,6 +458,13 @@ class Args:
     configuration: no other flag may change it, but a larger --total-timesteps extends it"""
     tensorboard: bool = False
     """also write every metric of every seed, and their means, to <output-dir>/tb (tensorboardX)"""
+    sweep: tuple[str, ...] = ()
+    """KEY=V1,V2,... [KEY=V1,V2,...]: train the grid product of these values (each member with
+    every seed) in one compiled program, e.g. --sweep clip_coef=0.1,0.2 gamma=0.99,0.999; the keys
+    that can be swept are SWEEPABLE's (they change no shape and no loop count)"""
+    num_devices: int = 0
+    """spread the members x seeds over this many devices (jax.sharding, padded to a multiple);
+    0: every device (every host's, under jax.distributed.initialize())"""
 
 
 # Presets: names -> field values, applied in order (compose e.g. `--preset mujoco_ppo`).
@@ -543,6 +548,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 # What a Brax or a Playground env id gets without --preset
 SUITE_PRESETS = {"brax": ["mujoco_ppo"], "playground": ["playground_dm_control"]}
 
+# The flags --sweep may vary: numbers and switches that change no array shape, no loop count
+# and no program structure; the compiled program reads them as (vmapped) inputs.
+SWEEPABLE = ("learning_rate", "anneal_lr", "adam_eps", "max_grad_norm", "gamma", "gae_lambda",
+             "clip_coef", "anneal_clip", "clip_vloss", "norm_adv", "ent_coef", "vf_coef", "log_std_init",
+             "reward_scale")
+
 
 def parse_args(argv: list[str] | None = None) -> Args:
     return runner.parse_args(Args, PRESETS, SUITE_PRESETS, argv, __doc__)
@@ -557,7 +568,7 @@ def validate(args: Args) -> None:
 
 
 def run(args: Args) -> dict:
-    return runner.run(args, "ppo", validate, make_train, METRIC_COLUMNS)
+    return runner.run(args, "ppo", validate, make_train, METRIC_COLUMNS, SWEEPABLE)
 
 
 if __name__ == "__main__":

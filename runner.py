@@ -24,14 +24,16 @@ import contextlib
 import csv
 import dataclasses
 import datetime
+import itertools
 import json
 import os
 import resource
 import signal
 import sys
 import shutil
+import tempfile
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import flax.serialization
 import jax
@@ -95,7 +97,8 @@ def parse_args(args_type, presets: dict[str, dict], suite_presets: dict[str, lis
     return tyro.cli(args_type, args=argv, default=default, description=description)
 
 
-RESUME_MAY_CHANGE = ("resume", "output_dir", "overwrite", "total_timesteps", "checkpoint_every", "tensorboard")
+RESUME_MAY_CHANGE = ("resume", "output_dir", "overwrite", "total_timesteps", "checkpoint_every", "tensorboard",
+                     "num_devices")
 
 
 def resumed_args(args_type, folder: str, argv, description: str):
@@ -186,13 +189,16 @@ def make_env(args) -> envs.Env:
     return env
 
 
-def init_seeds(init: Callable, seeds: list[int]):
-    """The initial states of the seeds, stacked on a leading axis. Each seed is initialised on its
-    own (one compiled init, called per seed), so seed i starts exactly as seed i run alone, and no
-    QR is batched: jaxlib's batched CPU QR (orthogonal init under vmap) can deadlock its thread
+def init_seeds(init: Callable, seeds: list[int], hp: dict | None = None):
+    """The initial states of the rows, stacked on a leading axis: init(key) per seed, or, with the
+    swept values hp (one value per row), init(key, values of the row). Each row is initialised on
+    its own (one compiled init, called per row), so seed i starts exactly as seed i run alone, and
+    no QR is batched: jaxlib's batched CPU QR (orthogonal init under vmap) can deadlock its thread
     pool on a small machine."""
     init = jax.jit(init)
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *[init(jax.random.PRNGKey(s)) for s in seeds])
+    rows = [init(jax.random.PRNGKey(s)) if hp is None else init(jax.random.PRNGKey(s), {k: v[j] for k, v in hp.items()})
+            for j, s in enumerate(seeds)]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *rows)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,7 +240,9 @@ def versions() -> dict:
     return out
 
 
-def plot_curves(rows: list[dict], path: str, title: str) -> None:
+def plot_curves(rows: list[dict], sweep: Sweep, path: str, title: str) -> None:
+    """Eval return against env steps: the mean over seeds and the min-max band, one curve per
+    member of a sweep."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -242,16 +250,21 @@ def plot_curves(rows: list[dict], path: str, title: str) -> None:
     from matplotlib.ticker import EngFormatter
 
     steps = sorted({r["env_steps"] for r in rows})
-    by_seed: dict[int, dict] = {}
-    for r in rows:  # a diverged seed's rows hold no return: its curve stops
-        by_seed.setdefault(r["seed"], {})[r["env_steps"]] = r.get("eval_return") if not r["diverged"] else np.nan
-    curves = np.array([[s.get(x, np.nan) for x in steps] for s in by_seed.values()])
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(steps, np.nanmean(curves, 0), label=f"mean over {len(curves)} seeds")
-    ax.fill_between(steps, np.nanmin(curves, 0), np.nanmax(curves, 0), alpha=0.25, label="min-max over seeds")
-    ax.set(xlabel="environment steps (per seed)", ylabel="eval return", title=title)
+    for k, member in enumerate(sweep.members):
+        by_seed: dict[int, dict] = {}
+        for r in rows:  # a diverged seed's rows hold no return: its curve stops
+            if r.get("member", 0) == k:
+                by_seed.setdefault(r["seed"], {})[r["env_steps"]] = r.get("eval_return") if not r["diverged"] else np.nan
+        curves = np.array([[s.get(x, np.nan) for x in steps] for s in by_seed.values()])
+        label = f"{member_label(member)}: " if member else ""
+        line, = ax.plot(steps, np.nanmean(curves, 0), label=f"{label}mean over {len(curves)} seeds")
+        ax.fill_between(steps, np.nanmin(curves, 0), np.nanmax(curves, 0), color=line.get_color(), alpha=0.2,
+                        label=None if member else "min-max over seeds")
+    ax.set(xlabel="environment steps (per seed)", ylabel="eval return",
+           title=title + (" (bands: min-max over seeds)" if sweep.keys else ""))
     ax.xaxis.set_major_formatter(EngFormatter())  # 100k, 1.5M: readable ticks
-    ax.legend()
+    ax.legend(fontsize="small" if len(sweep.members) < 6 else "x-small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -370,39 +383,193 @@ def keep_frozen(frozen: np.ndarray, new, old):
 
 
 # ----------------------------------------------------------------------------------------------
+# Sweeps and devices
+# ----------------------------------------------------------------------------------------------
+class Sweep(NamedTuple):
+    """The grid of `--sweep KEY=V1,V2 ...`: the swept keys and each member's values (one member
+    with no values when nothing is swept). Member k, seed i is row k * num_seeds + i of every
+    batched array."""
+    keys: tuple[str, ...]
+    members: list[dict]
+
+
+def parse_sweep(args, sweepable: tuple[str, ...], validate_args: Callable) -> Sweep:
+    """`args.sweep` as a grid: the product of the listed values, in the order given. A key that is
+    not a field, not in `sweepable` (it sets a shape, a loop count or the program's structure) or a
+    value of the wrong type is a one-line error that lists the keys that can be swept; every
+    member's values are checked as the flags would be."""
+    if not args.sweep:
+        return Sweep((), [{}])
+    fields = {f.name: f.type for f in dataclasses.fields(args)}
+    listing = f"the keys that can be swept: {', '.join(sweepable)}"
+    grid: dict[str, list] = {}
+    for item in args.sweep:
+        key, sep, values = item.partition("=")
+        key = key.strip().removeprefix("--").replace("-", "_")
+        if not sep or not values.strip():
+            raise ConfigError(f"--sweep {item!r}: write KEY=V1,V2,...; {listing}")
+        if key not in fields:
+            raise ConfigError(f"--sweep: {key!r} is not a flag of this script; {listing}")
+        if key not in sweepable:
+            raise ConfigError(f"--sweep: {key} sets an array shape, a loop count or the program's structure, so it "
+                              f"cannot vary inside one compiled program; {listing}")
+        if key in grid:
+            raise ConfigError(f"--sweep: {key} is given twice")
+        grid[key] = [_sweep_value(key, fields[key], v.strip()) for v in values.split(",")]
+        if len(set(grid[key])) < len(grid[key]):
+            raise ConfigError(f"--sweep: {key} repeats a value ({values})")
+    members = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    for member in members:
+        validate_args(dataclasses.replace(args, **member))
+    return Sweep(tuple(grid), members)
+
+
+def _sweep_value(key: str, kind: str, text: str):
+    if kind == "bool":
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"--sweep: {key} takes true or false, got {text!r}")
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"--sweep: {key} takes numbers, got {text!r}") from None
+
+
+def sweep_inputs(sweep: Sweep, num_seeds: int) -> dict[str, np.ndarray]:
+    """Each swept key's value on every row (member-major), the traced inputs of the program."""
+    return {k: np.array([m[k] for m in sweep.members for _ in range(num_seeds)],
+                        dtype=np.bool_ if isinstance(sweep.members[0][k], bool) else np.float32)
+            for k in sweep.keys}
+
+
+def member_label(member: dict) -> str:
+    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in member.items())
+
+
+def with_values(make_train: Callable, args, env) -> Callable:
+    """hp -> the trainer of `args` with the (traced) swept values hp: called inside the compiled,
+    vmapped function, so the values are inputs of one program, not constants of several. With
+    nothing swept (hp = {}) it is the trainer of `args` itself."""
+
+    def trainer(hp: dict):
+        try:
+            return make_train(dataclasses.replace(args, **hp), env)
+        except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError) as e:
+            raise ConfigError(f"--sweep {' '.join(hp)}: in this configuration a swept value decides "
+                              f"the program's structure ({type(e).__name__}); run those values one by one") from None
+
+    return trainer
+
+
+def run_devices(num_devices: int, num_rows: int) -> list:
+    """The devices the rows are spread over: all of them (every host's, under
+    jax.distributed.initialize()), or the first --num-devices; never more than there are rows."""
+    available = jax.devices()
+    if num_devices < 0:
+        raise ConfigError(f"--num-devices must be >= 0 (0: all), got {num_devices}")
+    if num_devices > len(available):
+        raise ConfigError(f"--num-devices {num_devices}: there are {len(available)} "
+                          f"({', '.join(sorted({d.platform for d in available}))})")
+    return available[: min(num_devices or len(available), num_rows)]
+
+
+class Placement(NamedTuple):
+    """Where the rows live: on one device as they are, or padded to a multiple of the device count
+    (with copies of the last row) and sharded on their leading axis over a 1-D mesh."""
+    devices: list
+    num_rows: int
+
+    @property
+    def padding(self) -> int:
+        return -self.num_rows % len(self.devices)
+
+    def put(self, tree):
+        """Host or device arrays [num_rows, ...] -> the program's inputs."""
+        if len(self.devices) == 1:
+            return tree
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        sharding = NamedSharding(Mesh(np.array(self.devices), ("rows",)), PartitionSpec("rows"))
+
+        def put(x):
+            x = np.asarray(x)
+            x = np.concatenate([x, np.repeat(x[-1:], self.padding, 0)]) if self.padding else x
+            return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+        return jax.tree.map(put, tree)
+
+    def get(self, tree):
+        """The program's outputs -> the rows (padding dropped), gathered from every host."""
+        if len(self.devices) == 1:
+            return tree
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            tree = multihost_utils.process_allgather(tree, tiled=True)
+        return jax.tree.map(lambda x: np.asarray(x)[: self.num_rows], tree)
+
+
+# ----------------------------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------------------------
-def run(args, algo: str, validate_args: Callable, make_train: Callable, metric_columns: tuple[str, ...]) -> dict:
-    """Check the arguments, train every seed, write every output; returns the summary.
+def run(args, algo: str, validate_args: Callable, make_train: Callable, metric_columns: tuple[str, ...],
+        sweepable: tuple[str, ...] = ()) -> dict:
+    """Check the arguments, train every member of the sweep and every seed, write every output;
+    returns the summary.
 
     `make_train(args, env)` returns the script's trainer: `init(key) -> state`,
     `train_chunk(state, num_active) -> (state, metrics)` (num_active <= iters_per_chunk iterations
     and one evaluation; metrics holds metric_columns[2:]), `iters_per_chunk`, `num_iterations`.
-    `state.params` (and `state.obs_rms`) are what params.msgpack saves. The seeds are vmapped
-    under the axis name "seeds"."""
+    `state.params` (and `state.obs_rms`) are what params.msgpack saves. It is called inside the
+    compiled function with the swept keys (`sweepable`) as traced values. The rows (member k,
+    seed i at row k * num_seeds + i) are vmapped under the axis name "seeds" and sharded over the
+    devices."""
     validate_args(args)
+    sweep = parse_sweep(args, sweepable, validate_args)
     env = make_env(args)
     env_id = envs.canonical_id(args.env_id)
+    trainer = make_train(args, env)
+    seeds = list(range(args.seed, args.seed + args.num_seeds))
+    runs = [(k, s) for k in range(len(sweep.members)) for s in seeds]  # the rows
+    place = Placement(run_devices(args.num_devices, len(runs)), len(runs))
+    hp = sweep_inputs(sweep, len(seeds))
+    values = with_values(make_train, args, env)
+    init = lambda key, hp: values(hp).init(key)  # noqa: E731
+    chunk = jax.jit(jax.vmap(lambda state, hp, n: guarded(values(hp).train_chunk)(state, n),
+                             in_axes=(0, 0, None), axis_name="seeds"))
+    if sweep.keys:  # a swept value that decides the program's structure: an error before anything is written
+        like = jax.eval_shape(init, jax.random.PRNGKey(0), {k: v[0] for k, v in hp.items()})
+        jax.eval_shape(chunk, jax.tree.map(lambda x: jax.ShapeDtypeStruct((len(runs), *x.shape), x.dtype), like),
+                       hp, jnp.int32(0))
     resuming = args.resume is not None
-    out = args.resume if resuming else prepare_output_dir(args, algo)
+    if jax.process_count() > 1 and (args.checkpoint_every or resuming):
+        raise ConfigError(f"{jax.process_count()} processes (jax.distributed): checkpoints and --resume are not "
+                          "supported across hosts yet; pass --checkpoint-every 0")
+    if jax.process_index() > 0:  # several hosts: process 0 writes the outputs, the others' go nowhere
+        out = tempfile.mkdtemp(prefix=f"{algo}_process{jax.process_index()}_")
+    else:
+        out = args.resume if resuming else prepare_output_dir(args, algo)
     if resuming:
         with open(os.path.join(out, "config.json")) as f:
             saved_algo = json.load(f)["algo"]
         if saved_algo != algo:
             raise ConfigError(f"--resume {out!r}: a run of {saved_algo}.py, not of {algo}.py")
-    trainer = make_train(args, env)
-    seeds = list(range(args.seed, args.seed + args.num_seeds))
     batch = args.num_envs * args.num_steps
-    columns = tuple(metric_columns) + ("diverged",)
+    lead = ("member", *(f"sweep.{k}" for k in sweep.keys)) if sweep.keys else ()  # metrics may share a key's name
+    columns = lead + tuple(metric_columns) + ("diverged",)
+    names = [f"{k}/{s}" if sweep.keys else str(s) for k, s in runs]  # keys of summary.json's "diverged"
     stop = _StopRequest()
     manager = checkpoint_manager(out) if args.checkpoint_every > 0 or resuming else None
 
     with stop.installed():
         try:
             t0 = time.perf_counter()
-            state = jax.block_until_ready(init_seeds(trainer.init, seeds))
-            chunk = jax.jit(jax.vmap(guarded(trainer.train_chunk), in_axes=(0, None), axis_name="seeds"))
-            chunk = chunk.lower(state, jnp.int32(0)).compile()
+            state = init_seeds(init, [s for _, s in runs], hp)
+            state = jax.block_until_ready(state)
+            hp_in = place.put(hp)
+            compiled = chunk.lower(place.put(state), hp_in, jnp.int32(0)).compile()
             compile_seconds = time.perf_counter() - t0
         except KeyboardInterrupt:  # a second Ctrl-C during compilation: nothing was computed
             stop.signal = stop.signal or signal.SIGINT
@@ -418,12 +585,17 @@ def run(args, algo: str, validate_args: Callable, make_train: Callable, metric_c
             state, progress = restore_checkpoint(manager, state)
             rows = truncate_metrics(os.path.join(out, "metrics.csv"), progress["num_rows"])
             print(f"resuming {out} at {progress['done_iters'] * batch:,} env steps per seed")
-        device = jax.devices()[0]
         with open(os.path.join(out, "config.json"), "w") as f:
             json.dump(dict(algo=algo, args=dataclasses.asdict(args), env_id=env_id, seeds=seeds,
-                           versions=versions(), device=f"{device.platform}: {device.device_kind}"), f, indent=2)
+                           **({"members": sweep.members} if sweep.keys else {}), versions=versions(),
+                           device=f"{place.devices[0].platform}: {place.devices[0].device_kind}",
+                           devices=[str(d) for d in place.devices], processes=jax.process_count()), f, indent=2)
+        if sweep.keys:
+            print(f"sweep of {len(sweep.members)} members x {len(seeds)} seeds in one program on "
+                  f"{len(place.devices)} device(s): " + "; ".join(f"{k}: {member_label(m)}" for k, m in enumerate(sweep.members)))
         tb = tensorboard_writer(out, args, progress["done_iters"] * batch) if args.tensorboard else None
-        frozen = np.array([str(s) in progress["diverged"] for s in seeds])
+        frozen = np.array([name in progress["diverged"] for name in names])
+        state = place.put(state)  # from here on: the program's layout (padded, sharded)
         done_iters, saved_at = progress["done_iters"], progress["done_iters"]
         t_train = time.perf_counter()
         with open(os.path.join(out, "metrics.csv"), "a" if resuming else "w", newline="") as csv_file:
@@ -435,53 +607,62 @@ def run(args, algo: str, validate_args: Callable, make_train: Callable, metric_c
                     n = min(trainer.iters_per_chunk, trainer.num_iterations - done_iters)
                     # Dispatch is asynchronous: `state` is rebound only once the interval's metrics
                     # are on the host and written, so it always matches metrics.csv.
-                    next_state, metrics = chunk(state, jnp.int32(n))
-                    metrics = jax.device_get(metrics)
+                    next_state, metrics = compiled(state, hp_in, jnp.int32(n))
+                    metrics = jax.device_get(place.get(metrics))
                     newly = ~metrics.pop("finite") & ~frozen
                     with _signals_deferred() as caught:
                         steps = (done_iters + n) * batch
                         for i in np.flatnonzero(newly):
-                            progress["diverged"][str(seeds[i])] = steps
-                            print(f"seed {seeds[i]} diverged (non-finite parameters, losses or returns) by "
+                            progress["diverged"][names[i]] = steps
+                            print(f"{row_label(sweep, runs[i])} diverged (non-finite parameters, losses or returns) by "
                                   f"{steps:,} env steps: frozen at {done_iters * batch:,} steps; the other seeds "
                                   "train on", flush=True)
                         frozen = frozen | newly
-                        state = keep_frozen(frozen, next_state, state) if frozen.any() else next_state
+                        if frozen.any():
+                            padded = np.concatenate([frozen, np.repeat(frozen[-1:], place.padding)])
+                            state = keep_frozen(padded, next_state, state)
+                        else:
+                            state = next_state
                         done_iters += n
-                        new_rows = metric_rows(seeds, steps, metrics, columns, frozen)
+                        new_rows = metric_rows(sweep, runs, steps, metrics, columns, frozen)
                         writer.writerows(new_rows)
                         csv_file.flush()
                         rows += new_rows
                         if tb is not None:
-                            log_tensorboard(tb, new_rows, columns, steps)
+                            log_tensorboard(tb, new_rows, metric_columns[2:], steps)
                         progress.update(done_iters=done_iters, num_rows=len(rows),
                                         train_seconds=progress["train_seconds"] + time.perf_counter() - t_train)
                         due = args.checkpoint_every * trainer.iters_per_chunk
                         if args.checkpoint_every and done_iters - saved_at >= due:
-                            progress["checkpoint_seconds"].append(save_checkpoint(manager, done_iters, state, progress))
+                            progress["checkpoint_seconds"].append(
+                                save_checkpoint(manager, done_iters, place.get(state), progress))
                             saved_at = done_iters
                         t_train = time.perf_counter()
                     if caught:  # a signal that came while the rows were written: handled now
                         stop(caught[0], None)
                     for r in new_rows:  # bpo.py's variance probe: its two means should agree
                         if abs(r.get("probe_bias_z", 0.0)) > 3:
-                            print(f"seed {r['seed']} at {steps:,} steps: the variance probe's importance-weighted mean "
-                                  f"differs from the on-policy one by {r['probe_bias_z']:.1f} standard errors "
-                                  "(unbiased estimates should agree within about 3)", flush=True)
-                    print_progress(algo, env_id, rows[-len(seeds):], done_iters, trainer.num_iterations, batch,
-                                   progress["train_seconds"], len(seeds))
+                            print(f"{row_label(sweep, (r.get('member', 0), r['seed']))} at {steps:,} steps: the "
+                                  f"variance probe's importance-weighted mean differs from the on-policy one by "
+                                  f"{r['probe_bias_z']:.1f} standard errors (unbiased estimates should agree within "
+                                  "about 3)", flush=True)
+                    for k, member in enumerate(sweep.members):
+                        print_progress(f"{algo} {env_id}" + (f" {member_label(member)}" if member else ""),
+                                       new_rows[k * len(seeds):(k + 1) * len(seeds)], done_iters,
+                                       trainer.num_iterations, batch, progress["train_seconds"], len(runs))
             except KeyboardInterrupt:  # the second Ctrl-C: the interval in flight is dropped
                 stop.signal = signal.SIGINT
 
         with _signals_deferred():
+            state = place.get(state)
             if args.checkpoint_every and saved_at != done_iters:
                 progress["checkpoint_seconds"].append(save_checkpoint(manager, done_iters, state, progress))
             if tb is not None:
                 tb.close()
             latest = manager.latest_step() if manager else None
             checkpoint_mb = directory_mb(os.path.join(out, "checkpoints", str(latest))) if latest is not None else None
-            summary = write_outputs(out, algo, env_id, seeds, state, rows, progress, batch, trainer.num_iterations,
-                                    compile_seconds, checkpoint_mb,
+            summary = write_outputs(out, algo, env_id, sweep, runs, names, state, rows, progress, batch,
+                                    trainer.num_iterations, compile_seconds, checkpoint_mb,
                                     interrupted=stop.signal is not None and done_iters < trainer.num_iterations)
     if summary["interrupted"]:
         script = os.path.basename(sys.argv[0]) if sys.argv[0].endswith(".py") else f"{algo}.py"
@@ -492,13 +673,20 @@ def run(args, algo: str, validate_args: Callable, make_train: Callable, metric_c
     return summary
 
 
-def metric_rows(seeds, steps, metrics, columns, frozen) -> list[dict]:
-    """One row per seed; a diverged (frozen) seed's row holds no numbers, only the flag."""
+def row_label(sweep: Sweep, run: tuple[int, int]) -> str:
+    k, seed = run
+    return f"member {k} ({member_label(sweep.members[k])}) seed {seed}" if sweep.keys else f"seed {seed}"
+
+
+def metric_rows(sweep: Sweep, runs, steps, metrics, columns, frozen) -> list[dict]:
+    """One row per member and seed; a diverged (frozen) row holds no numbers, only the flag."""
     rows = []
-    for i, seed in enumerate(seeds):
-        row = {"seed": seed, "env_steps": steps, "diverged": int(frozen[i])}
+    for i, (k, seed) in enumerate(runs):
+        # the member's swept values (a switch as 0 or 1), then the seed's metrics
+        row = {"member": k, **{f"sweep.{key}": float(v) for key, v in sweep.members[k].items()}} if sweep.keys else {}
+        row.update(seed=seed, env_steps=steps, diverged=int(frozen[i]))
         if not frozen[i]:
-            row.update({k: float(metrics[k][i]) for k in columns[2:-1]})
+            row.update({c: float(metrics[c][i]) for c in columns[columns.index("env_steps") + 1:-1]})
         rows.append(row)
     return rows
 
@@ -512,18 +700,24 @@ def truncate_metrics(path: str, num_rows: int) -> list[dict]:
     with open(tmp, "w", newline="") as f:
         f.writelines(lines[: 1 + num_rows])
     os.replace(tmp, path)
+    return read_metrics(path)
+
+
+def read_metrics(path: str) -> list[dict]:
+    """metrics.csv's rows as the run wrote them (member, seed, env_steps and diverged as integers)."""
+    ints = ("member", "seed", "env_steps", "diverged")
     with open(path, newline="") as f:
-        rows = [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
-    return [{**r, "seed": int(r["seed"]), "env_steps": int(r["env_steps"]), "diverged": int(r["diverged"])} for r in rows]
+        return [{k: int(float(v)) if k in ints else float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
 
 
-def print_progress(algo, env_id, last_rows, done_iters, num_iterations, batch, train_seconds, num_seeds):
+def print_progress(name, last_rows, done_iters, num_iterations, batch, train_seconds, num_rows):
+    """One line per member: its seeds' mean returns; steps/s counts every row of the program."""
     healthy = [r for r in last_rows if not r["diverged"]]
     train = [r["train_return"] for r in healthy if np.isfinite(r["train_return"])]
     evals = [r["eval_return"] for r in healthy]
-    note = f" ({len(healthy)} of {num_seeds} seeds)" if len(healthy) < num_seeds else ""
-    print(f"[{algo} {env_id}] {done_iters * batch:>10,}/{num_iterations * batch:,} steps"
-          f" | {done_iters * batch * num_seeds / max(train_seconds, 1e-9):>9,.0f} steps/s"
+    note = f" ({len(healthy)} of {len(last_rows)} seeds)" if len(healthy) < len(last_rows) else ""
+    print(f"[{name}] {done_iters * batch:>10,}/{num_iterations * batch:,} steps"
+          f" | {done_iters * batch * num_rows / max(train_seconds, 1e-9):>9,.0f} steps/s"
           f" | train return {np.mean(train) if train else float('nan'):8.2f}"
           f" | eval return {np.mean(evals) if evals else float('nan'):8.2f}{note}"
           f" | {train_seconds:6.1f}s", flush=True)
@@ -541,36 +735,46 @@ def tensorboard_writer(out: str, args, start_step: int):
     return writer
 
 
-def log_tensorboard(writer, rows: list[dict], columns, steps: int) -> None:
-    """Every metric of every seed (`<metric>/seed_<i>`) and its mean over the healthy seeds
-    (`<metric>/mean`), at env steps per seed."""
+def log_tensorboard(writer, rows: list[dict], metrics, steps: int) -> None:
+    """Every metric of every seed (`<metric>/seed_<i>`, in a sweep `<metric>/member_<k>_seed_<i>`)
+    and its mean over the healthy seeds (`<metric>/mean`, `<metric>/member_<k>_mean`), at env steps
+    per seed."""
     healthy = [r for r in rows if not r["diverged"]]
-    for k in columns[2:-1]:
+    groups = sorted({r.get("member") for r in rows}, key=lambda k: -1 if k is None else k)
+    for k in metrics:
         for r in healthy:
-            writer.add_scalar(f"{k}/seed_{r['seed']}", r[k], steps)
-        values = [r[k] for r in healthy if np.isfinite(r[k])]
-        if values:
-            writer.add_scalar(f"{k}/mean", float(np.mean(values)), steps)
+            member = f"member_{r['member']}_" if "member" in r else ""
+            writer.add_scalar(f"{k}/{member}seed_{r['seed']}", r[k], steps)
+        for g in groups:
+            values = [r[k] for r in healthy if r.get("member") == g and np.isfinite(r[k])]
+            if values:
+                writer.add_scalar(f"{k}/mean" if g is None else f"{k}/member_{g}_mean", float(np.mean(values)), steps)
     writer.add_scalar("diverged_seeds", len(rows) - len(healthy), steps)
     writer.flush()
 
 
-def write_outputs(out, algo, env_id, seeds, state, rows, progress, batch, num_iterations, compile_seconds,
-                  checkpoint_mb, interrupted) -> dict:
+def write_outputs(out, algo, env_id, sweep, runs, names, state, rows, progress, batch, num_iterations,
+                  compile_seconds, checkpoint_mb, interrupted) -> dict:
     """summary.json, params.msgpack and curves.png for the last completed interval, and the
     console's closing table."""
     done_iters, train_seconds, diverged = progress["done_iters"], progress["train_seconds"], progress["diverged"]
-    last = {r["seed"]: r for r in rows[-len(seeds):]} if rows else {}
-    final = [None if str(s) in diverged or s not in last else last[s]["eval_return"] for s in seeds]
-    finite = [x for x in final if x is not None]
+    last = rows[-len(runs):] if rows else []
+    final = [None if not last or name in diverged else last[i]["eval_return"] for i, name in enumerate(names)]
+    seeds = sorted({s for _, s in runs})
+    per_member = [final[k * len(seeds):(k + 1) * len(seeds)] for k in range(len(sweep.members))]
+    means = [float(np.mean([x for x in m if x is not None])) if any(x is not None for x in m) else None
+             for m in per_member]
+    counts = [sum(x is not None for x in m) for m in per_member]
     summary = dict(
         algo=algo, env_id=env_id, seeds=seeds,
-        final_eval_return=final,  # null for a diverged seed
-        final_eval_return_mean=float(np.mean(finite)) if finite else None,
-        final_eval_return_seeds=len(finite),  # how many seeds the mean covers
-        diverged=diverged,  # seed -> env steps by which it had diverged
+        # null for a diverged seed; in a sweep, one list per member
+        final_eval_return=per_member if sweep.keys else final,
+        final_eval_return_mean=means if sweep.keys else means[0],
+        final_eval_return_seeds=counts if sweep.keys else counts[0],  # how many seeds each mean covers
+        **({"members": sweep.members} if sweep.keys else {}),  # the swept values of each member
+        diverged=diverged,  # seed (in a sweep "member/seed") -> env steps by which it had diverged
         env_steps=done_iters * batch,
-        env_steps_per_second=done_iters * batch * len(seeds) / max(train_seconds, 1e-9),
+        env_steps_per_second=done_iters * batch * len(runs) / max(train_seconds, 1e-9),
         compile_seconds=compile_seconds, train_seconds=train_seconds,
         peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         checkpoints_saved=len(progress["checkpoint_seconds"]),
@@ -581,23 +785,29 @@ def write_outputs(out, algo, env_id, seeds, state, rows, progress, batch, num_it
     )
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    # Parameters of every seed (leading axis = seed) and their observation statistics, as of the
-    # last completed interval (a diverged seed's: as of its last finite state).
+    # Parameters of every row (leading axis: member-major, then seed) and their observation
+    # statistics, as of the last completed interval (a diverged seed's: its last finite state).
     # Load with flax.serialization.msgpack_restore(open(path, "rb").read()).
     with open(os.path.join(out, "params.msgpack"), "wb") as f:
-        f.write(flax.serialization.msgpack_serialize(jax.device_get(
-            {"seeds": np.asarray(seeds), "params": state.params, "obs_rms": state.obs_rms._asdict()})))
+        saved = {"seeds": np.asarray([s for _, s in runs]), "params": state.params, "obs_rms": state.obs_rms._asdict()}
+        if sweep.keys:
+            saved["member"] = np.asarray([k for k, _ in runs])
+        f.write(flax.serialization.msgpack_serialize(jax.device_get(saved)))
     if rows:
-        plot_curves(rows, os.path.join(out, "curves.png"), f"{algo} on {env_id}")
+        plot_curves(rows, sweep, os.path.join(out, "curves.png"), f"{algo} on {env_id}")
 
-    print(f"\n{'seed':>6} {'final eval return':>18} {'final train return':>19}")
-    for s in seeds:  # a train return is nan where no episode ended in the interval
-        if str(s) in diverged:
-            print(f"{s:>6} {'diverged by ' + format(diverged[str(s)], ',') + ' steps':>38}")
-        elif s in last:
-            print(f"{s:>6} {last[s]['eval_return']:>18.2f} {last[s]['train_return']:>19.2f}")
-    print(f"\nmean final eval return {summary['final_eval_return_mean']} over {len(finite)} of {len(seeds)} seeds | "
-          f"{summary['env_steps_per_second']:,.0f} env steps/s | compile {compile_seconds:.1f}s | "
+    print(f"\n{'member':>6} " * bool(sweep.keys) + f"{'seed':>6} {'final eval return':>18} {'final train return':>19}")
+    for i, (k, s) in enumerate(runs):  # a train return is nan where no episode ended in the interval
+        lead = f"{k:>6} " if sweep.keys else ""
+        if names[i] in diverged:
+            print(f"{lead}{s:>6} {'diverged by ' + format(diverged[names[i]], ',') + ' steps':>38}")
+        elif last:
+            print(f"{lead}{s:>6} {last[i]['eval_return']:>18.2f} {last[i]['train_return']:>19.2f}")
+    for k, member in enumerate(sweep.members if sweep.keys else []):
+        print(f"member {k} ({member_label(member)}): mean final eval return {means[k]:.2f} over {counts[k]} of "
+              f"{len(seeds)} seeds")
+    mean = "" if sweep.keys else f"mean final eval return {means[0]} over {counts[0]} of {len(seeds)} seeds | "
+    print(f"\n{mean}{summary['env_steps_per_second']:,.0f} env steps/s | compile {compile_seconds:.1f}s | "
           f"train {train_seconds:.1f}s | peak memory {summary['peak_memory_mb']:.0f} MB\noutputs in {out}")
     return summary
 
