@@ -80,14 +80,21 @@ def load_run(folder: str, label: str | None, metric: str = "eval_return") -> Run
         raise CompareError(f"{metrics_path}: no rows")
     seeds, steps = sorted({r[0] for r in rows}), sorted({r[1] for r in rows})
     returns = np.full((len(seeds), len(steps)), np.nan)
+    present = np.zeros((len(seeds), len(steps)), bool)
     diverged = sorted({seed for seed, _, flag, _ in rows if flag})
     for seed, step, flag, ret in rows:
         returns[seeds.index(seed), steps.index(step)] = ret
-    returns = returns[[seeds.index(s) for s in seeds if s not in diverged]]
-    if np.isnan(returns).any():
+        present[seeds.index(seed), steps.index(step)] = True
+    kept = [seeds.index(s) for s in seeds if s not in diverged]
+    returns, present = returns[kept], present[kept]
+    if not present.all():
         raise CompareError(f"{metrics_path}: malformed (not every seed has a row at every env_steps)")
     label = label or " + ".join([algo, *presets])
     warnings = []
+    undefined = int(np.isnan(returns).sum())  # a row that holds nan (or nothing) in this column
+    if undefined:
+        warnings.append(f"{label}: {metric} is undefined (nan) in {undefined} of {returns.size} rows; "
+                        "IQMs and intervals are over the seeds with a value")
     summary_path = os.path.join(folder, "summary.json")
     if not os.path.isfile(summary_path):
         warnings.append(f"{label}: {folder} has no summary.json (still running, or killed): its last rows may be partial")
@@ -102,12 +109,23 @@ def load_run(folder: str, label: str | None, metric: str = "eval_return") -> Run
 
 
 def iqm(x, axis=-1):
-    """Interquartile mean: the mean of the middle 50% (Agarwal et al. 2021)."""
-    return stats.trim_mean(x, 0.25, axis=axis)
+    """Interquartile mean: the mean of the middle 50% (Agarwal et al. 2021). Where x holds nan
+    (a metric undefined for some seeds), over the values that are not nan (nan if none is)."""
+    x = np.asarray(x, float)
+    if not np.isnan(x).any():
+        return stats.trim_mean(x, 0.25, axis=axis)
+    finite_iqm = lambda v: stats.trim_mean(v[~np.isnan(v)], 0.25) if (~np.isnan(v)).any() else np.nan
+    return np.apply_along_axis(finite_iqm, axis, x)[()]
 
 
 def iqm_interval(x: np.ndarray, args: Args) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile-bootstrap interval of the IQM over seeds (last axis), for every leading index."""
+    """Percentile-bootstrap interval of the IQM over seeds (last axis), for every leading index;
+    where x holds nan, each index's interval resamples only its values that are not nan."""
+    x = np.asarray(x, float)
+    if np.isnan(x).any():
+        bounds = [iqm_interval(v[~np.isnan(v)], args) if (~np.isnan(v)).any() else (np.nan, np.nan)
+                  for v in x.reshape(-1, x.shape[-1])]
+        return tuple(np.array([float(b[i]) for b in bounds]).reshape(x.shape[:-1])[()] for i in (0, 1))
     if x.shape[-1] < 2:
         return iqm(x), iqm(x)
     res = stats.bootstrap((x,), iqm, axis=-1, vectorized=True, n_resamples=args.resamples,
@@ -142,13 +160,16 @@ def table(runs: list[Run], args: Args) -> str:
         final = run.returns[:, -1]
         lo, hi = iqm_interval(final, args)
         curve = iqm(run.returns.T)
-        span = run.steps[-1] - run.steps[0]
-        auc = np.trapezoid(curve, run.steps) / span if span > 0 else curve[0]
+        ok = ~np.isnan(curve)  # an evaluation where no seed has a value is left out of the area
+        span = run.steps[ok][-1] - run.steps[ok][0] if ok.any() else 0
+        auc = np.trapezoid(curve[ok], run.steps[ok]) / span if span > 0 else (curve[ok][0] if ok.any() else np.nan)
+        defined = int((~np.isnan(final)).sum())
+        seeds = f"{len(final)}" if defined == len(final) else f"{len(final)} ({defined} with a final value)"
         threshold = args.threshold if args.threshold is not None else defaults[run.env_id]
         first = steps_to(run, threshold)
         reached = int(np.isfinite(first).sum())
         median = f"{np.nanmedian(first):,.0f}" if reached else "never"
-        lines.append(f"| {run.label} | {run.env_id} | {len(final)} | {iqm(final):.1f} [{float(lo):.1f}, {float(hi):.1f}] "
+        lines.append(f"| {run.label} | {run.env_id} | {seeds} | {iqm(final):.1f} [{float(lo):.1f}, {float(hi):.1f}] "
                      f"| {auc:.1f} | {threshold:.1f} | {median}; {reached}/{len(final)} |")
     return "\n".join(lines) + "\n"
 
