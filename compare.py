@@ -186,8 +186,13 @@ def plot(runs: list[Run], args: Args) -> None:
     for ax, env_id in zip(axes[0], env_ids):
         for run in (r for r in runs if r.env_id == env_id):
             lo, hi = iqm_interval(run.returns.T, args)
-            line, = ax.plot(run.steps, iqm(run.returns.T), label=f"{run.label} ({run.returns.shape[0]} seeds)")
+            nan = ", fewer where nan" if np.isnan(run.returns).any() else ""
+            line, = ax.plot(run.steps, iqm(run.returns.T), label=f"{run.label} ({run.returns.shape[0]} seeds{nan})")
             ax.fill_between(run.steps, lo, hi, color=line.get_color(), alpha=0.2)
+        # the whole x range of the runs, gaps (evaluations with no value) included
+        x0, x1 = min(r.steps[0] for r in runs if r.env_id == env_id), max(r.steps[-1] for r in runs if r.env_id == env_id)
+        if x1 > x0:
+            ax.set_xlim(x0 - 0.05 * (x1 - x0), x1 + 0.05 * (x1 - x0))
         ax.set(title=env_id, xlabel="environment steps (per seed)", ylabel=f"{args.metric[0] if len(args.metric) == 1 else 'value'} (IQM over seeds)")
         if args.log_y:
             ax.set_yscale("log")
