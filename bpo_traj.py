@@ -718,7 +718,9 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
           importance-weighted, a ~ mu: G = sum_t gamma^t (prod_(j<=t) pi_j/mu_j) r_t   (unclipped)
                                        and with the weights clipped as in training.
         Both are unbiased for the same quantity (unclipped); BPO's mu should make the second's
-        variance smaller. With mu = pi both are the same numbers. Environment rewards, unscaled."""
+        variance smaller. With mu = pi both are the same numbers. Environment rewards, unscaled.
+        The ratios are nan (undefined) where the on-policy returns do not vary beyond float
+        rounding: std(G) <= sqrt(horizon) * eps * mean|G| (eq. 17), e.g. once pi balances CartPole."""
         n = args.variance_probe
         k_reset, k_steps = jax.random.split(key)
         obs0, env_state0 = jax.vmap(env.reset)(jax.random.split(k_reset, n))
@@ -748,11 +750,15 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         _, g_mu, g_mu_clip = segments(state.params["mu"])
         var_pi, var_mu, var_clip = g_pi.var(ddof=1), g_mu.var(ddof=1), g_mu_clip.var(ddof=1)
         se_diff = jnp.sqrt((var_pi + var_mu) / n)
+        # Var(G) no larger than the rounding of a float sum of `horizon` terms (random-walk size
+        # sqrt(horizon) eps/2 |G|, here with a factor 2 of margin) is no variance: ratio undefined
+        resolution = (np.sqrt(probe_horizon) * jnp.finfo(g_pi.dtype).eps * jnp.abs(g_pi).mean()) ** 2
+        ratio = lambda var: jnp.where(var_pi > resolution, var / var_pi, jnp.nan)
         return dict(probe_pi_mean=g_pi.mean(), probe_pi_var=var_pi, probe_mu_mean=g_mu.mean(), probe_mu_var=var_mu,
-                    probe_var_ratio=var_mu / var_pi, probe_se_diff=se_diff,
+                    probe_var_ratio=ratio(var_mu), probe_se_diff=se_diff,
                     probe_bias_z=(g_mu.mean() - g_pi.mean()) / se_diff,
                     probe_mu_clipped_mean=g_mu_clip.mean(), probe_mu_clipped_var=var_clip,
-                    probe_var_ratio_clipped=var_clip / var_pi)
+                    probe_var_ratio_clipped=ratio(var_clip))
 
     def train_chunk(state, num_active):
         """iters_per_chunk iterations (only the first num_active run: the last chunk may be

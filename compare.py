@@ -92,23 +92,30 @@ def load_runs(folder: str, label: str | None, metric: str = "eval_return") -> li
     runs = []
     for k, member in enumerate(members):
         name = label + (": " + " ".join(f"{key}={value}" for key, value in member.items()) if member else "")
-        runs.append(_run(name, env_id, [r[1:] for r in rows if r[0] == k], metrics_path, incomplete))
+        runs.append(_run(name, env_id, [r[1:] for r in rows if r[0] == k], metrics_path, incomplete, metric))
     return runs
 
 
-def _run(label: str, env_id: str, rows: list[tuple], metrics_path: str, incomplete: str | None) -> Run:
+def _run(label: str, env_id: str, rows: list[tuple], metrics_path: str, incomplete: str | None, metric: str) -> Run:
     """One run (or sweep member) from its rows (seed, env_steps, diverged, value)."""
     if not rows:
         raise CompareError(f"{metrics_path}: no rows for {label}")
     seeds, steps = sorted({r[0] for r in rows}), sorted({r[1] for r in rows})
     returns = np.full((len(seeds), len(steps)), np.nan)
+    present = np.zeros((len(seeds), len(steps)), bool)
     diverged = sorted({seed for seed, _, flag, _ in rows if flag})
     for seed, step, flag, ret in rows:
         returns[seeds.index(seed), steps.index(step)] = ret
-    returns = returns[[seeds.index(s) for s in seeds if s not in diverged]]
-    if np.isnan(returns).any():
+        present[seeds.index(seed), steps.index(step)] = True
+    kept = [seeds.index(s) for s in seeds if s not in diverged]
+    returns, present = returns[kept], present[kept]
+    if not present.all():
         raise CompareError(f"{metrics_path}: malformed (not every seed has a row at every env_steps)")
     warnings = [f"{label}: {incomplete}"] if incomplete else []
+    undefined = int(np.isnan(returns).sum())  # a row that holds nan (or nothing) in this column
+    if undefined:
+        warnings.append(f"{label}: {metric} is undefined (nan) in {undefined} of {returns.size} rows; "
+                        "IQMs and intervals are over the seeds with a value")
     if diverged:
         warnings.append(f"{label}: seeds {', '.join(map(str, diverged))} diverged and are left out of its statistics "
                         f"({len(seeds) - len(diverged)} of {len(seeds)} seeds remain)")
@@ -118,12 +125,23 @@ def _run(label: str, env_id: str, rows: list[tuple], metrics_path: str, incomple
 
 
 def iqm(x, axis=-1):
-    """Interquartile mean: the mean of the middle 50% (Agarwal et al. 2021)."""
-    return stats.trim_mean(x, 0.25, axis=axis)
+    """Interquartile mean: the mean of the middle 50% (Agarwal et al. 2021). Where x holds nan
+    (a metric undefined for some seeds), over the values that are not nan (nan if none is)."""
+    x = np.asarray(x, float)
+    if not np.isnan(x).any():
+        return stats.trim_mean(x, 0.25, axis=axis)
+    finite_iqm = lambda v: stats.trim_mean(v[~np.isnan(v)], 0.25) if (~np.isnan(v)).any() else np.nan
+    return np.apply_along_axis(finite_iqm, axis, x)[()]
 
 
 def iqm_interval(x: np.ndarray, args: Args) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile-bootstrap interval of the IQM over seeds (last axis), for every leading index."""
+    """Percentile-bootstrap interval of the IQM over seeds (last axis), for every leading index;
+    where x holds nan, each index's interval resamples only its values that are not nan."""
+    x = np.asarray(x, float)
+    if np.isnan(x).any():
+        bounds = [iqm_interval(v[~np.isnan(v)], args) if (~np.isnan(v)).any() else (np.nan, np.nan)
+                  for v in x.reshape(-1, x.shape[-1])]
+        return tuple(np.array([float(b[i]) for b in bounds]).reshape(x.shape[:-1])[()] for i in (0, 1))
     if x.shape[-1] < 2:
         return iqm(x), iqm(x)
     res = stats.bootstrap((x,), iqm, axis=-1, vectorized=True, n_resamples=args.resamples,
@@ -158,13 +176,16 @@ def table(runs: list[Run], args: Args) -> str:
         final = run.returns[:, -1]
         lo, hi = iqm_interval(final, args)
         curve = iqm(run.returns.T)
-        span = run.steps[-1] - run.steps[0]
-        auc = np.trapezoid(curve, run.steps) / span if span > 0 else curve[0]
+        ok = ~np.isnan(curve)  # an evaluation where no seed has a value is left out of the area
+        span = run.steps[ok][-1] - run.steps[ok][0] if ok.any() else 0
+        auc = np.trapezoid(curve[ok], run.steps[ok]) / span if span > 0 else (curve[ok][0] if ok.any() else np.nan)
+        defined = int((~np.isnan(final)).sum())
+        seeds = f"{len(final)}" if defined == len(final) else f"{len(final)} ({defined} with a final value)"
         threshold = args.threshold if args.threshold is not None else defaults[run.env_id]
         first = steps_to(run, threshold)
         reached = int(np.isfinite(first).sum())
         median = f"{np.nanmedian(first):,.0f}" if reached else "never"
-        lines.append(f"| {run.label} | {run.env_id} | {len(final)} | {iqm(final):.1f} [{float(lo):.1f}, {float(hi):.1f}] "
+        lines.append(f"| {run.label} | {run.env_id} | {seeds} | {iqm(final):.1f} [{float(lo):.1f}, {float(hi):.1f}] "
                      f"| {auc:.1f} | {threshold:.1f} | {median}; {reached}/{len(final)} |")
     return "\n".join(lines) + "\n"
 
@@ -181,8 +202,13 @@ def plot(runs: list[Run], args: Args) -> None:
     for ax, env_id in zip(axes[0], env_ids):
         for run in (r for r in runs if r.env_id == env_id):
             lo, hi = iqm_interval(run.returns.T, args)
-            line, = ax.plot(run.steps, iqm(run.returns.T), label=f"{run.label} ({run.returns.shape[0]} seeds)")
+            nan = ", fewer where nan" if np.isnan(run.returns).any() else ""
+            line, = ax.plot(run.steps, iqm(run.returns.T), label=f"{run.label} ({run.returns.shape[0]} seeds{nan})")
             ax.fill_between(run.steps, lo, hi, color=line.get_color(), alpha=0.2)
+        # the whole x range of the runs, gaps (evaluations with no value) included
+        x0, x1 = min(r.steps[0] for r in runs if r.env_id == env_id), max(r.steps[-1] for r in runs if r.env_id == env_id)
+        if x1 > x0:
+            ax.set_xlim(x0 - 0.05 * (x1 - x0), x1 + 0.05 * (x1 - x0))
         ax.set(title=env_id, xlabel="environment steps (per seed)", ylabel=f"{args.metric[0] if len(args.metric) == 1 else 'value'} (IQM over seeds)")
         if args.log_y:
             ax.set_yscale("log")

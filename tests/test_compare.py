@@ -109,3 +109,33 @@ def test_default_threshold_works_for_negative_returns(tmp_path):
     md = compare.compare(compare.Args(runs=(str(tmp_path / "good"), str(tmp_path / "bad")), output=str(tmp_path / "c")))
     lines = md.splitlines()
     assert "| -300.0 | 3,000; 4/4 |" in lines[2] and "| -300.0 | never; 0/4 |" in lines[3]
+
+
+def test_a_metric_undefined_for_some_seeds(tmp_path):
+    """bpo.py's probe_var_ratio is nan where the on-policy variance is float rounding (pi has stopped
+    varying): the IQM and its interval are over the seeds with a value, an evaluation where no seed
+    has one is a gap (left out of the area), and a row that is missing is still an error."""
+    steps = [1000, 2000, 3000, 4000]
+    ratio = np.array([[2.0, 1.0, np.nan, 0.5],
+                      [3.0, np.nan, np.nan, 0.7],
+                      [1.5, 2.0, np.nan, np.nan],
+                      [2.5, 4.0, np.nan, 0.9],
+                      [0.5, 3.0, np.nan, 1.1]])
+    write_run(tmp_path / "a", "bpo", "CartPole-v1", ratio, steps)
+    run = compare.load_run(str(tmp_path / "a"), None)
+    np.testing.assert_array_equal(np.isnan(run.returns), np.isnan(ratio))
+    curve = compare.iqm(run.returns.T)
+    assert curve[0] == pytest.approx(compare.iqm(ratio[:, 0])) and np.isnan(curve[2])
+    assert curve[1] == pytest.approx(compare.iqm(np.array([1.0, 2.0, 4.0, 3.0])))  # the 4 seeds with a value
+    lo, hi = compare.iqm_interval(run.returns.T, compare.Args(runs=()))
+    assert np.isnan(lo[2]) and np.isnan(hi[2]) and np.all(lo[[0, 1, 3]] <= curve[[0, 1, 3]])
+    md = compare.compare(compare.Args(runs=(str(tmp_path / "a"),), output=str(tmp_path / "c"), log_y=True, threshold=1.0))
+    final = compare.iqm(np.array([0.5, 0.7, 0.9, 1.1]))
+    auc = np.trapezoid(curve[[0, 1, 3]], [1000, 2000, 4000]) / 3000
+    assert f"| 5 (4 with a final value) | {final:.1f} [" in md and f"| {auc:.1f} |" in md
+    assert "undefined (nan) in 7 of 20 rows" in md and (tmp_path / "c.png").stat().st_size > 0
+    # a missing row is not a nan value
+    lines = (tmp_path / "a" / "metrics.csv").read_text().splitlines()
+    (tmp_path / "a" / "metrics.csv").write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(compare.CompareError, match="not every seed has a row"):
+        compare.load_run(str(tmp_path / "a"), None)

@@ -17,9 +17,10 @@ PI = np.array([0.5, 0.3, 0.2])
 N = 40_000
 
 
-def bandit():
+def bandit(rewards=R):
     raw = envs.RawEnv(lambda k: (jnp.ones(1), jnp.zeros(())),
-                      lambda k, s, a: (jnp.ones(1), s, jnp.asarray(R)[a], True), (1,), envs.ActionSpec(True, 3))
+                      lambda k, s, a: (jnp.ones(1), s, jnp.asarray(rewards, jnp.float32)[a], True), (1,),
+                      envs.ActionSpec(True, 3))
     return envs.with_time_limit("bandit", raw, 10)
 
 
@@ -32,11 +33,11 @@ def with_probs(actor_params, probs):
     return params
 
 
-def probe(module, mu_probs, **kw):
+def probe(module, mu_probs, pi_probs=PI, rewards=R, **kw):
     args = module.Args(num_envs=1, num_steps=64, minibatch_size=64, variance_probe=N, variance_probe_horizon=2, gamma=0.9, **kw)
-    trainer = module.make_train(args, bandit())
+    trainer = module.make_train(args, bandit(rewards))
     state = trainer.init(jax.random.PRNGKey(0))
-    params = {**state.params, "pi": with_probs(state.params["pi"], PI), "mu": with_probs(state.params["pi"], mu_probs)}
+    params = {**state.params, "pi": with_probs(state.params["pi"], pi_probs), "mu": with_probs(state.params["pi"], mu_probs)}
     out = jax.jit(trainer.variance_probe)(state._replace(params=params), jax.random.PRNGKey(1))
     return {k: float(v) for k, v in out.items()}
 
@@ -75,6 +76,28 @@ def test_with_mu_equal_to_pi_the_two_estimates_are_the_same_numbers(module):
     out = probe(module, PI)
     assert out["probe_mu_mean"] == out["probe_pi_mean"] and out["probe_mu_var"] == out["probe_pi_var"]
     assert out["probe_var_ratio"] == 1.0 and out["probe_var_ratio_clipped"] == 1.0
+
+
+@pytest.mark.parametrize("module", [bpo, bpo_traj])
+def test_ratio_is_undefined_where_on_policy_returns_do_not_vary(module):
+    """A deterministic pi (as pi becomes once it balances CartPole): every on-policy return is the
+    same 0.1, whose variance is float rounding only (0.1 is not a float: the mean of N copies is
+    not exactly 0.1). The ratio is nan, not var_mu / rounding. A pi that is nearly deterministic
+    but not quite (1 action in 1,000 differs) has a real variance, and a finite ratio that matches
+    the exact one."""
+    rewards = np.array([0.1, -2.0, 8.0])
+    out = probe(module, PI, pi_probs=[1.0, 1e-30, 1e-30], rewards=rewards)
+    assert out["probe_pi_mean"] == pytest.approx(0.1) and out["probe_pi_var"] < 1e-12
+    assert out["probe_mu_var"] > 1e-3  # mu still explores: its weighted returns do vary
+    assert np.isnan(out["probe_var_ratio"]) and np.isnan(out["probe_var_ratio_clipped"])
+    assert np.isfinite(out["probe_bias_z"])  # the unbiasedness check stays defined
+    near = np.array([1 - 2e-3, 1e-3, 1e-3])
+    out = probe(module, PI, pi_probs=near, rewards=rewards, clip_rho=100.0, clip_c=100.0)
+    mean = np.sum(near * rewards)
+    var_pi, var_mu = np.sum(near * rewards**2) - mean**2, np.sum(near**2 * rewards**2 / PI) - mean**2
+    assert np.isfinite(out["probe_var_ratio"]) and np.isfinite(out["probe_var_ratio_clipped"])
+    # about 80 of the N on-policy draws differ from 0.1: a loose tolerance
+    np.testing.assert_allclose(out["probe_var_ratio"], var_mu / var_pi, rtol=0.5)
 
 
 def test_clipped_weights_follow_each_estimator():
