@@ -122,7 +122,7 @@ def test_a_metric_undefined_for_some_seeds(tmp_path):
                       [2.5, 4.0, np.nan, 0.9],
                       [0.5, 3.0, np.nan, 1.1]])
     write_run(tmp_path / "a", "bpo", "CartPole-v1", ratio, steps)
-    run = compare.load_run(str(tmp_path / "a"), None)
+    run, = compare.load_runs(str(tmp_path / "a"), None)
     np.testing.assert_array_equal(np.isnan(run.returns), np.isnan(ratio))
     curve = compare.iqm(run.returns.T)
     assert curve[0] == pytest.approx(compare.iqm(ratio[:, 0])) and np.isnan(curve[2])
@@ -138,4 +138,4 @@ def test_a_metric_undefined_for_some_seeds(tmp_path):
     lines = (tmp_path / "a" / "metrics.csv").read_text().splitlines()
     (tmp_path / "a" / "metrics.csv").write_text("\n".join(lines[:-1]) + "\n")
     with pytest.raises(compare.CompareError, match="not every seed has a row"):
-        compare.load_run(str(tmp_path / "a"), None)
+        compare.load_runs(str(tmp_path / "a"), None)
