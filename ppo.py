@@ -460,8 +460,8 @@ class Args:
     """also write every metric of every seed, and their means, to <output-dir>/tb (tensorboardX)"""
     sweep: tuple[str, ...] = ()
     """KEY=V1,V2,... [KEY=V1,V2,...]: train the grid product of these values (each member with
-    every seed) in one compiled program, e.g. --sweep clip_coef=0.1,0.2 gamma=0.99,0.999; the keys
-    that can be swept are SWEEPABLE's (they change no shape and no loop count)"""
+    every seed) in one compiled program, e.g. --sweep clip_coef=0.1,0.2 gamma=0.99,0.999; numbers
+    and switches that change no shape and no loop count (--sweep help lists them)"""
     num_devices: int = 0
     """spread the members x seeds over this many devices (jax.sharding, padded to a multiple);
     0: every device (every host's, under jax.distributed.initialize())"""
