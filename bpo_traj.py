@@ -178,28 +178,52 @@ def trajectory_clipped_returns(rewards, values, dones, last_value, log_pi, log_m
 
     where K is the last step of the episode containing t (its delta included) or of the rollout:
     a return never runs into the next episode. The clipped product does not fold into a backward
-    recursion, so each environment's T x T weights are built at once, in log space:
+    recursion, so each return is summed over its row of (t, k) weights, built in log space:
     prod_{j=t+1}^{k} ratio_j = exp(L_k - L_t), L the cumulative sum of log ratios. With pi = mu and
     clip_c >= 1 every weight is (gamma lambda)^(k-t): GAE(lambda) and the lambda-returns (eq. 11).
     Returns vs, adv, rho and diagnostics: the fraction of ratios above clip_rho, the fraction of
     (t, k) products clipped by clip_c, and the mean effective horizon sum_k of the weights
-    (the number of terms when every weight is 1)."""
-    T = rewards.shape[0]
+    (the number of terms when every weight is 1).
+
+    The T x T x E weights are never held at once: rows t are built `chunk` at a time (a lax.map over
+    ceil(T / chunk) blocks, each a [chunk, T, E] slice reduced over k before the next), so memory
+    grows as chunk x T x E, not T x T x E. chunk = 2**16 // (T E) rows, between 1 and T: a block
+    holds about 2**16 weights (256 KB in float32 per intermediate, per seed) whatever the shape:
+    8 rows at T = 512, E = 16; 32 at T = 2048, E = 1; one block, as before, for a rollout of at
+    most 2**16 (t, k) pairs. The work is the same T x T x E weights; blocks only add loop steps.
+    Measured on CPU, vmapped over 16 seeds, the time is flat from 4 to 32 rows per block at both
+    shapes and about 3 times as long from 64 rows up, where the blocks outgrow the caches. The
+    count of (t, k) pairs in one episode is sum_t (K_t - t + 1), exact, so c_clip_frac's counts
+    are the unchunked ones; effective_horizon sums the same weights in another order."""
+    T, E = rewards.shape
     log_ratio = log_pi - log_mu
     rho = jnp.minimum(jnp.exp(log_ratio), clip_rho)
     next_values = jnp.concatenate([values[1:], last_value[None]], 0)
     deltas = rewards + gamma * (1.0 - dones) * next_values - values
     L = jnp.cumsum(log_ratio, 0)
     episode = jnp.cumsum(dones, 0) - dones  # steps up to and including an episode's end share an index
-    t, k = jnp.arange(T)[:, None, None], jnp.arange(T)[None, :, None]  # pairs [t, k, env]
-    same = (k >= t) & (episode[:, None, :] == episode[None, :, :])
-    log_prod = L[None, :, :] - L[:, None, :]  # sum_{j=t+1}^{k} log ratio_j
-    discount = (gamma * lam) ** jnp.where(k >= t, k - t, 0)
-    weight = jnp.where(same, discount * jnp.exp(jnp.minimum(log_prod, jnp.log(clip_c))), 0.0)
-    adv = jnp.einsum("tke,ke->te", weight, deltas)
+    log_clip_c = jnp.log(clip_c)
+    steps = jnp.arange(T)[:, None]
+    K = jax.lax.cummin(jnp.where(dones > 0, steps, T - 1), axis=0, reverse=True)  # t's episode's last step
+    num_pairs = jnp.sum(K - steps + 1)  # (t, k) pairs with k >= t in one episode
+    chunk = max(1, min(T, 2**16 // (T * E)))
+    num_blocks = -(-T // chunk)
+    k = jnp.arange(T)[None, :, None]
+
+    def block(start):  # rows t = start .. start + chunk - 1 of the [t, k, env] weights
+        t = (start + jnp.arange(chunk))[:, None, None]  # rows past T (last block) have no k >= t
+        row = jnp.minimum(start + jnp.arange(chunk), T - 1)
+        same = (k >= t) & (episode[row][:, None, :] == episode[None, :, :])
+        log_prod = L[None, :, :] - L[row][:, None, :]  # sum_{j=t+1}^{k} log ratio_j
+        discount = (gamma * lam) ** jnp.where(k >= t, k - t, 0)
+        weight = jnp.where(same, discount * jnp.exp(jnp.minimum(log_prod, log_clip_c)), 0.0)
+        return jnp.sum(weight * deltas[None, :, :], 1), jnp.sum(weight), jnp.sum(same & (log_prod > log_clip_c))
+
+    adv, weight_sum, num_clipped = jax.lax.map(block, jnp.arange(num_blocks) * chunk)
+    adv = adv.reshape(num_blocks * chunk, E)[:T]
     clipped = dict(rho_clip_frac=jnp.mean(jnp.exp(log_ratio) > clip_rho),
-                   c_clip_frac=jnp.sum(same & (log_prod > jnp.log(clip_c))) / jnp.sum(same),
-                   effective_horizon=jnp.sum(weight) / (T * rewards.shape[1]))
+                   c_clip_frac=jnp.sum(num_clipped) / num_pairs,
+                   effective_horizon=jnp.sum(weight_sum) / (T * E))
     return values + rho * adv, adv, rho, clipped
 
 
