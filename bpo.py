@@ -448,9 +448,10 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
             state = state._replace(params={**state.params, "mu": state.params["pi"]})
             stats.update({k: jnp.float32(jnp.nan) for k in BPO_PHASE_METRICS})
         else:
-            state, q_stats = fit_q(state, lr)  # 4.
-            r_hat = variance_rewards(state)  # 5.
-            state, q_hat_stats = fit_q_hat(state, r_hat, lr)  # 6.
+            shared = fqe_inputs(state)  # what 4.-6. read, once (pi is not updated by them)
+            state, q_stats = fit_q(state, lr, shared)  # 4.
+            r_hat = variance_rewards(state, shared)  # 5.
+            state, q_hat_stats = fit_q_hat(state, r_hat, lr, shared)  # 6.
             state, mu_stats = update_mu(state, lr)  # 7.
             stats.update(**q_stats, **q_hat_stats, **mu_stats)
         # Statistics for the next rollout, from this one's observations and returns.
@@ -550,7 +551,18 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
                               key=key), stats
 
     # 4. and 6. Fitted Q evaluation of pi on the replay buffer -------------------------------------
-    def fqe(state, net, params, target, opt_state, reward, discount, r_lo, r_hi, lr, key):
+    def fqe_inputs(state):
+        """What both FQE phases and the variance rewards read, computed once per iteration (pi, the
+        replay buffer and the observation statistics do not change between them): the normalised
+        observations and next observations, pi(.|s'), the bootstrap mask and, with weight_td, the
+        TD weights clip(pi/mu, 0.1, 10)."""
+        rb, pi = state.replay, state.params["pi"]
+        obs, next_obs = norm(state, rb.obs), norm(state, rb.next_obs)
+        w_td = jnp.clip(jnp.exp(log_prob(spec, actor.apply(pi, obs), rb.action) - rb.log_mu), 0.1, 10.0)
+        return dict(obs=obs, next_obs=next_obs, pi_next=actor.apply(pi, next_obs),
+                    mask=1.0 - rb.done + rb.truncated, w_td=w_td if args.weight_td else None)
+
+    def fqe(state, shared, net, params, target, opt_state, reward, discount, r_lo, r_hi, lr, key):
         """FQE of one Q head (Q or q_hat) for the current pi (docs/algorithm.md eq. 13):
             y = reward + discount * (1 - done + truncated) * E_{a' ~ pi(.|s')} Q'(s', a'),
         (discrete: the exact expectation; continuous: one sample a') regressed by Q(s, a), with
@@ -560,14 +572,12 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         discounted return, [min(r_lo, 0), max(r_hi, 0)] / (1 - discount). (The reference clips to
         [r_lo, r_hi] / (1 - discount), which assumes episodes never end: with rewards >= r_lo > 0,
         as in CartPole, it lifts every target to r_lo / (1 - discount) and flattens Q.)
-        Returns the head's new params, target params, optimizer state and its statistics."""
+        `shared` is fqe_inputs(state). Returns the head's new params, target params, optimizer
+        state and its statistics."""
         rb = state.replay
         k_next, k_mb = jax.random.split(key)
-        obs, next_obs = norm(state, rb.obs), norm(state, rb.next_obs)
-        pi_next = actor.apply(state.params["pi"], next_obs)
-        a_next = None if spec.discrete else sample(spec, pi_next, k_next)  # fixed for the phase
-        mask = 1.0 - rb.done + rb.truncated
-        w_td = jnp.clip(jnp.exp(log_prob(spec, actor.apply(state.params["pi"], obs), rb.action) - rb.log_mu), 0.1, 10.0)
+        obs, next_obs, pi_next, mask, w_td = (shared[k] for k in ("obs", "next_obs", "pi_next", "mask", "w_td"))
+        a_next = None if spec.discrete else sample(spec, pi_next, k_next)  # fixed for the phase, its own
         lo, hi = jnp.minimum(r_lo, 0.0) / (1.0 - discount), jnp.maximum(r_hi, 0.0) / (1.0 - discount)
 
         def next_value(params, idx):
@@ -612,26 +622,29 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
                      mean=jnp.sum(valid * q_value(net, params, obs, rb.action)) / rb.size)
         return params, target, opt_state, stats
 
-    def fit_q(state, lr):  # 4.
+    def fit_q(state, lr, shared=None):  # 4.
         key, k = jax.random.split(state.key)
         p = state.params
-        q, q_target, opt, stats = fqe(state, q_net, p["q"], p["q_target"], state.opt_state["q"],
+        shared = fqe_inputs(state) if shared is None else shared
+        q, q_target, opt, stats = fqe(state, shared, q_net, p["q"], p["q_target"], state.opt_state["q"],
                                       state.replay.reward, args.gamma, state.r_min, state.r_max, lr, k)
         state = state._replace(params={**p, "q": q, "q_target": q_target},
                                opt_state={**state.opt_state, "q": opt}, key=key)
         return state, {f"q_{k}": v for k, v in stats.items()}
 
     # 5. Variance rewards ------------------------------------------------------------------------
-    def variance_rewards(state):
+    def variance_rewards(state, shared=None):
         rb = state.replay
-        return variance_reward(rb.reward, q_value(q_net, state.params["q"], norm(state, rb.obs), rb.action))
+        obs = norm(state, rb.obs) if shared is None else shared["obs"]
+        return variance_reward(rb.reward, q_value(q_net, state.params["q"], obs, rb.action))
 
-    def fit_q_hat(state, r_hat, lr):  # 6.
+    def fit_q_hat(state, r_hat, lr, shared=None):  # 6.
         valid = jnp.arange(args.replay_size) < state.replay.size
         r_hat_max = jnp.maximum(state.r_hat_max, jnp.max(jnp.where(valid, r_hat, -jnp.inf)))
         key, k = jax.random.split(state.key)
         p = state.params
-        q_hat, q_hat_target, opt, stats = fqe(state, q_hat_net, p["q_hat"], p["q_hat_target"],
+        shared = fqe_inputs(state) if shared is None else shared
+        q_hat, q_hat_target, opt, stats = fqe(state, shared, q_hat_net, p["q_hat"], p["q_hat_target"],
                                               state.opt_state["q_hat"], r_hat, args.gamma**2, 1e-8, r_hat_max, lr, k)
         state = state._replace(params={**p, "q_hat": q_hat, "q_hat_target": q_hat_target},
                                opt_state={**state.opt_state, "q_hat": opt}, key=key, r_hat_max=r_hat_max)

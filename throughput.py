@@ -1,17 +1,21 @@
-"""Training throughput of ppo.py, bpo.py or bpo_traj.py against the raw environment (the ceiling).
+"""Training throughput of ppo.py, bpo.py or bpo_traj.py against stepping the environment alone.
 
     python throughput.py bpo.py --env-id ant --num-seeds 16
     python throughput.py --iterations 4 ppo.py --env-id ant --num-seeds 16
 
 Flags before the script name are this tool's; everything after it goes to that script's own
 parser, so the run is configured exactly as the script would configure it (presets included).
-Two programs are compiled (compilation is not timed) and each is timed `--repeats` times:
+Three programs are compiled (compilation is not timed) and each is timed `--repeats` times:
 - training: `--iterations` training iterations of every seed (rollout and every update, no
   evaluation), vmapped over seeds in one scan, as the script runs them;
 - ceiling: the same number of environment steps on the same environments (num_seeds x num_envs
   of them in parallel, the same wrappers: time limit, auto-reset, action clipping) with uniform
-  random actions and nothing else.
-It prints env steps per second of both (the median over repeats) and training / ceiling.
+  random actions and nothing else;
+- bare: the same number of steps of the backend's own step (Brax's env.step, gymnax's step_env,
+  Playground's env.step, through envs' raw adapters) on as many environments, with uniform random
+  actions: no wrapper, no time limit, no reset (an environment whose episode ended steps on).
+It prints env steps per second of each (the median over repeats), training / ceiling,
+training / bare and ceiling / bare (what the wrappers cost).
 """
 
 from __future__ import annotations
@@ -71,6 +75,39 @@ def make_ceiling(env: envs.Env, num_envs: int, num_steps: int):
     return run
 
 
+def make_raw(args) -> envs.RawEnv:
+    """The backend's raw environment (no time limit, no reset, no clipping) that args name."""
+    env_id = envs.canonical_id(args.env_id)
+    if env_id in envs.BRAX_IDS:
+        from envs.brax_envs import make_brax
+
+        return make_brax(env_id, args.env_backend)
+    if env_id in envs.PLAYGROUND_IDS:
+        from envs.playground_envs import make_playground
+
+        return make_playground(env_id, args.env_backend)[0]
+    from envs.gymnax_envs import make_gymnax
+
+    return make_gymnax(env_id)[0]
+
+
+def make_bare(raw: envs.RawEnv, num_envs: int, num_steps: int):
+    """One seed: num_steps raw steps of num_envs environments with random actions, ignoring
+    `terminated` (no reset). The carry is as make_ceiling's."""
+
+    def run(carry):
+        def step(carry, _):
+            raw_state, key, reward_sum, obs_sum = carry
+            key, k_act, k_env = jax.random.split(key, 3)
+            action = random_actions(raw.action_spec, k_act, num_envs)
+            obs, raw_state, reward, _ = jax.vmap(raw.step)(jax.random.split(k_env, num_envs), raw_state, action)
+            return (raw_state, key, reward_sum + jnp.sum(reward), obs_sum + obs.sum()), None
+
+        return jax.lax.scan(step, carry, None, length=num_steps)[0]
+
+    return run
+
+
 def timed(fn, x, repeats: int):
     """Median wall time of x = fn(x) over repeats calls."""
     times = []
@@ -110,6 +147,15 @@ def measure(script: str, script_argv: list[str], bench: Bench) -> dict:
     ceiling_compile = time.perf_counter() - t0
     ceiling_seconds, (_, _, reward_sum, _) = timed(ceiling_c, carry, bench.repeats)
 
+    raw = make_raw(args)
+    raw_state = jax.vmap(lambda k: jax.vmap(raw.reset)(jax.random.split(k, args.num_envs))[1])(keys)
+    carry = (raw_state, keys, jnp.zeros(len(seeds)), jnp.zeros(len(seeds)))
+    bare = jax.vmap(make_bare(raw, args.num_envs, args.num_steps * bench.iterations))
+    t0 = time.perf_counter()
+    bare_c = jax.jit(bare).lower(carry).compile()
+    bare_compile = time.perf_counter() - t0
+    bare_seconds, (_, _, bare_reward_sum, _) = timed(bare_c, carry, bench.repeats)
+
     device = jax.devices()[0]
     return dict(
         script=f"{script}.py", argv=script_argv, env_id=envs.canonical_id(args.env_id), num_seeds=len(seeds),
@@ -118,10 +164,15 @@ def measure(script: str, script_argv: list[str], bench: Bench) -> dict:
         train_env_steps_per_second=steps / train_seconds,
         ceiling_env_steps_per_second=steps / ceiling_seconds,
         ratio=ceiling_seconds / train_seconds,
+        bare_env_steps_per_second=steps / bare_seconds,
+        bare_ratio=bare_seconds / train_seconds,  # training / bare
+        ceiling_bare_ratio=bare_seconds / ceiling_seconds,  # ceiling / bare
         train_compile_seconds=train_compile, ceiling_compile_seconds=ceiling_compile,
+        bare_compile_seconds=bare_compile,
         # Per seed, over all repeats: what the test checks was run.
         train_iterations_run=np.asarray(state.iteration).tolist(),
         ceiling_reward_sum=np.asarray(reward_sum).tolist(),
+        bare_reward_sum=np.asarray(bare_reward_sum).tolist(),
         device=f"{device.platform}: {device.device_kind}", jax=jax.__version__,
         args=dataclasses.asdict(args),
     )
@@ -150,8 +201,12 @@ def main(argv: list[str] | None = None) -> dict:
           f"  training: {result['train_env_steps_per_second']:>12,.0f} env steps/s "
           f"(compile {result['train_compile_seconds']:.1f}s)\n"
           f"  ceiling:  {result['ceiling_env_steps_per_second']:>12,.0f} env steps/s "
-          f"(random actions, compile {result['ceiling_compile_seconds']:.1f}s)\n"
-          f"  training / ceiling: {result['ratio']:.3f}", flush=True)
+          f"(random actions, wrapped env, compile {result['ceiling_compile_seconds']:.1f}s)\n"
+          f"  bare:     {result['bare_env_steps_per_second']:>12,.0f} env steps/s "
+          f"(random actions, raw backend step: no wrapper, reset or time limit, "
+          f"compile {result['bare_compile_seconds']:.1f}s)\n"
+          f"  training / ceiling: {result['ratio']:.3f}   training / bare: {result['bare_ratio']:.3f}   "
+          f"ceiling / bare: {result['ceiling_bare_ratio']:.3f}", flush=True)
     if bench.out:
         os.makedirs(os.path.dirname(os.path.abspath(bench.out)), exist_ok=True)
         with open(bench.out, "w") as f:

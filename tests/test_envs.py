@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import envs
-from toy_env import TIME_LIMIT, counter_env
+from toy_env import TIME_LIMIT, counter_env, raw_counter_env
 
 
 def test_unknown_id_lists_valid_ids():
@@ -96,3 +96,183 @@ def test_reward_scaler_tracks_discounted_returns():
         g = np.where(d, 0.0, g)
     rms = envs.rms_update(scaler.rms, jnp.asarray(np.array(expected)))
     assert np.isclose(envs.scale_reward(scaler._replace(rms=rms), 2.0), 2.0 / np.sqrt(np.var(expected) + 1e-8), rtol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resets only where done (envs.core._reset_where) against the old always-reset step
+# ---------------------------------------------------------------------------------------------
+def always_reset_step(raw, max_episode_steps):
+    """The step with_time_limit had before resets were computed only where done: every step
+    computes raw.reset for every environment and selects it where done. The reference."""
+
+    def step(key, state, action):
+        key_step, key_reset = jax.random.split(key)
+        obs, inner, reward, terminated = raw.step(key_step, state.inner, action)
+        reward = jnp.asarray(reward, jnp.float32)
+        terminated = jnp.asarray(terminated, bool)
+        t = state.t + 1
+        episode_return = state.episode_return + reward
+        truncated = (t >= max_episode_steps) & ~terminated
+        done = terminated | truncated
+        reset_obs, reset_inner = raw.reset(key_reset)
+        keep = lambda new, old: jnp.where(done, new, old)
+        next_state = envs.core.WrapperState(
+            jax.tree.map(keep, reset_inner, inner), jnp.where(done, 0, t), jnp.where(done, 0.0, episode_return)
+        )
+        return envs.Timestep(keep(reset_obs, obs), next_state, reward, terminated, truncated, obs, episode_return, t)
+
+    return step
+
+
+def rollout(env_reset, env_step, spec, num_seeds, num_envs, num_steps):
+    """Steps of num_envs environments vmapped inside num_seeds seeds (as the scripts and
+    throughput.py nest them), in a scan under jit; every Timestep stacked [seeds, steps, envs]."""
+
+    def one_seed(key):
+        k_reset, key = jax.random.split(key)
+        _, state = jax.vmap(env_reset)(jax.random.split(k_reset, num_envs))
+
+        def body(carry, _):
+            state, key = carry
+            key, k_act, k_env = jax.random.split(key, 3)
+            if spec.discrete:
+                action = jax.random.randint(k_act, (num_envs,), 0, spec.n)
+            else:
+                action = jax.random.uniform(k_act, (num_envs, spec.n), minval=spec.low, maxval=spec.high)
+            ts = jax.vmap(env_step)(jax.random.split(k_env, num_envs), state, action)
+            return (ts.state, key), ts
+
+        return jax.lax.scan(body, (state, key), None, length=num_steps)[1]
+
+    keys = jax.random.split(jax.random.PRNGKey(42), num_seeds)
+    return jax.jit(jax.vmap(one_seed))(keys)
+
+
+def assert_trees_equal(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("which", ["counter", "cartpole"])
+def test_reset_only_where_done_equals_always_reset(which):
+    """Nested vmap (5 environments in each of 3 seeds: 15, not a multiple of the reset chunk),
+    scan, jit: every field, state included, equals the always-reset reference exactly, for the
+    same keys. Episodes end mid-rollout, several at once and (CartPole, every episode truncated
+    at step 4 by a time limit) all at once."""
+    if which == "counter":
+        raw, limit = raw_counter_env(), TIME_LIMIT
+    else:
+        from envs.gymnax_envs import make_gymnax
+
+        raw, limit = make_gymnax("CartPole-v1")[0], 4
+    env = envs.with_time_limit(which, raw, limit)
+    num_seeds, num_envs, num_steps = 3, 5, 24
+    ts = rollout(env.reset, env.step, raw.action_spec, num_seeds, num_envs, num_steps)
+    ref = rollout(env.reset, always_reset_step(raw, limit), raw.action_spec, num_seeds, num_envs, num_steps)
+    assert_trees_equal(ts, ref)
+    done = np.asarray(ts.terminated | ts.truncated).transpose(1, 0, 2)  # [steps, seeds, envs]
+    per_step = done.reshape(num_steps, -1).sum(1)  # the flattened batch's dones at each step
+    assert (per_step > 0).sum() >= 4  # episodes end at several steps...
+    assert (per_step > envs.core.reset_chunk(num_seeds * num_envs)).any()  # ...some steps need several chunks
+    if which == "cartpole":
+        assert (per_step == num_seeds * num_envs).sum() == num_steps // limit  # all at once, at the limit
+    if which == "counter":
+        assert ((per_step > 0) & (per_step < num_seeds * num_envs)).any() and (per_step == 0).any()
+
+
+def test_reset_where_done_gives_fresh_starts_and_true_final_obs():
+    """Under nested vmap: where done, the next observation is raw.reset of this step's reset key
+    (split(key)[1], as before), every start is a new random one, and final_obs is the raw step's
+    observation; where not done, the state is the raw step's, untouched."""
+    from envs.gymnax_envs import make_gymnax
+
+    raw = make_gymnax("CartPole-v1")[0]
+    env = envs.with_time_limit("CartPole-v1", raw, 6)
+    num_seeds, num_envs = 2, 3
+    keys = jax.random.split(jax.random.PRNGKey(3), num_seeds * num_envs).reshape(num_seeds, num_envs, 2)
+    nested = lambda f: jax.jit(jax.vmap(jax.vmap(f)))
+    obs, state = nested(env.reset)(keys)
+    step, raw_step, raw_reset = nested(env.step), nested(raw.step), nested(raw.reset)
+    starts = [np.asarray(obs).reshape(-1, 4)]
+    for t in range(20):
+        keys = jax.random.split(jax.random.PRNGKey(100 + t), num_seeds * num_envs).reshape(num_seeds, num_envs, 2)
+        action = jnp.full((num_seeds, num_envs), t % 2)
+        ts = step(keys, state, action)
+        k_step, k_reset = jnp.moveaxis(jax.vmap(jax.vmap(jax.random.split))(keys), 2, 0)
+        final_obs, inner, _, _ = raw_step(k_step, state.inner, action)
+        np.testing.assert_array_equal(ts.final_obs, final_obs)
+        done = np.asarray(ts.terminated | ts.truncated)
+        reset_obs = np.asarray(raw_reset(k_reset)[0])
+        np.testing.assert_array_equal(np.asarray(ts.obs)[done], reset_obs[done])
+        np.testing.assert_array_equal(np.asarray(ts.obs)[~done], np.asarray(final_obs)[~done])
+        assert not np.isclose(np.asarray(ts.obs)[done], np.asarray(ts.final_obs)[done]).all(axis=-1).any()
+        for a, b in zip(jax.tree.leaves(ts.state.inner), jax.tree.leaves(inner)):
+            np.testing.assert_array_equal(np.asarray(a)[~done], np.asarray(b)[~done])
+        starts.append(np.asarray(ts.obs)[done])
+        state = ts.state
+    starts = np.concatenate(starts)
+    assert len(starts) >= 4 * num_seeds * num_envs  # the time limit alone ends 3 episodes each
+    assert len(np.unique(starts, axis=0)) == len(starts)  # no start repeats another
+
+
+def test_reset_where_done_resets_only_done_environments():
+    """Under vmap the reset runs for the done environments' chunks only: a raw reset that counts
+    its calls (a debug callback, called once per environment it resets) is called on no step
+    where nothing is done, and on the done environments' chunks otherwise."""
+    calls = []
+    raw = raw_counter_env()
+
+    def counting_reset(key):
+        jax.debug.callback(lambda: calls.append(1))
+        return raw.reset(key)
+
+    env = envs.with_time_limit("counter", raw._replace(reset=counting_reset), TIME_LIMIT)
+    num_envs = 7
+    chunk = envs.core.reset_chunk(num_envs)
+    keys = jax.random.split(jax.random.PRNGKey(0), num_envs)
+    _, state = jax.vmap(raw.reset)(keys)
+    state = envs.core.WrapperState(state, jnp.zeros(num_envs, jnp.int32), jnp.zeros(num_envs))
+    step = jax.jit(jax.vmap(env.step))
+    expected = 0
+    for t in range(12):
+        calls.clear()
+        ts = step(jax.random.split(jax.random.PRNGKey(t), num_envs), state, jnp.zeros(num_envs, jnp.int32))
+        jax.effects_barrier()
+        num_done = int((ts.terminated | ts.truncated).sum())
+        assert len(calls) == chunk * -(-num_done // chunk)
+        expected += num_done > 0
+        state = ts.state
+    assert expected >= 3
+
+
+def test_reset_where_done_with_unbatched_state():
+    """vmap over keys only (one state and action shared by every environment) still works."""
+    env = counter_env()
+    _, state = env.reset(jax.random.PRNGKey(0))
+    keys = jax.random.split(jax.random.PRNGKey(1), 4)
+    for _ in range(4):  # the horizon is at most 5 (the time limit): this episode ends by then
+        ts = jax.vmap(env.step, in_axes=(0, None, None))(keys, state, 0)
+        if bool(ts.terminated[0] | ts.truncated[0]):
+            break
+        state = jax.tree.map(lambda x: x[0], ts.state)
+    ref = jax.vmap(always_reset_step(raw_counter_env(), TIME_LIMIT), in_axes=(0, None, None))(keys, state, 0)
+    assert_trees_equal(ts, ref)
+    assert bool(ts.terminated[0] | ts.truncated[0])
+
+
+def test_reset_only_where_done_mjx_ant():
+    """Brax ant on MJX (compilation dominates: a few minutes on a loaded 2-core CPU): observations,
+    rewards and episode ends equal the always-reset reference bitwise; the physics state to float
+    rounding (a reset of a chunk of environments may round differently in the last bit from one of
+    the whole batch, in forward-pass fields such as qacc that the next step recomputes)."""
+    from envs.brax_envs import make_brax
+
+    raw, limit = make_brax("ant"), 3
+    env = envs.with_time_limit("ant", raw, limit)
+    ts = rollout(env.reset, env.step, raw.action_spec, 2, 3, 7)
+    ref = rollout(env.reset, always_reset_step(raw, limit), raw.action_spec, 2, 3, 7)
+    for field in ("obs", "reward", "terminated", "truncated", "final_obs", "episode_return", "episode_length"):
+        np.testing.assert_array_equal(getattr(ts, field), getattr(ref, field), err_msg=field)
+    for x, y in zip(jax.tree.leaves(ts.state), jax.tree.leaves(ref.state), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-3)
+    assert np.asarray(ts.truncated).sum() == 2 * 3 * 2  # every environment reset twice

@@ -1,4 +1,5 @@
-"""throughput.py: the training and ceiling programs run what they claim, and bad input is one line."""
+"""throughput.py: the training, ceiling and bare programs run what they claim, and bad input is one
+line."""
 
 import json
 
@@ -8,8 +9,22 @@ import throughput
 
 
 @pytest.mark.parametrize("script", ["ppo", "bpo", "bpo_traj"])
-def test_measures_training_and_ceiling(script, tmp_path):
+def test_measures_training_and_ceiling(script, tmp_path, monkeypatch):
     out = tmp_path / "tp.json"
+    # The bare program's raw CartPole, paying 1 per step even after its episode ended (raw
+    # CartPole pays 0 then): its reward sum counts the environment steps it took.
+    make_raw = throughput.make_raw
+
+    def paying_raw(args):
+        raw = make_raw(args)
+
+        def step(key, state, action):
+            obs, state, _, terminated = raw.step(key, state, action)
+            return obs, state, 1.0, terminated
+
+        return raw._replace(step=step)
+
+    monkeypatch.setattr(throughput, "make_raw", paying_raw)
     argv = ["--iterations", "2", "--repeats", "2", "--out", str(out), f"{script}.py",
             "--num-seeds", "2", "--num-envs", "4", "--num-steps", "16", "--minibatch-size", "32"]
     if script != "ppo":
@@ -23,7 +38,14 @@ def test_measures_training_and_ceiling(script, tmp_path):
     assert r["ceiling_reward_sum"] == [2 * 4 * 16 * 2, 2 * 4 * 16 * 2]
     assert r["train_env_steps_per_second"] > 0 and r["ceiling_env_steps_per_second"] > 0
     assert r["ratio"] == pytest.approx(r["train_env_steps_per_second"] / r["ceiling_env_steps_per_second"])
-    assert json.loads(out.read_text())["ratio"] == pytest.approx(r["ratio"])
+    # The bare program too stepped every environment of every seed each step, in each timed call,
+    # with no reset: episodes end (CartPole with random actions lasts about 20 steps) and go on.
+    assert r["bare_reward_sum"] == [2 * 4 * 16 * 2, 2 * 4 * 16 * 2]
+    assert r["bare_env_steps_per_second"] > 0
+    assert r["bare_ratio"] == pytest.approx(r["train_env_steps_per_second"] / r["bare_env_steps_per_second"])
+    assert r["ceiling_bare_ratio"] == pytest.approx(r["ceiling_env_steps_per_second"] / r["bare_env_steps_per_second"])
+    saved = json.loads(out.read_text())
+    assert saved["ratio"] == pytest.approx(r["ratio"]) and saved["bare_ratio"] == pytest.approx(r["bare_ratio"])
 
 
 def test_ceiling_random_actions_within_bounds():
@@ -39,6 +61,26 @@ def test_ceiling_random_actions_within_bounds():
     spec = envs.make("CartPole-v1").action_spec
     a = throughput.random_actions(spec, jax.random.PRNGKey(0), 1000)
     assert set(a.tolist()) == {0, 1}
+
+
+def test_bare_steps_the_raw_env_without_reset():
+    """make_bare steps the backend's raw environment: every environment every step, past its
+    episode's end (raw CartPole's time counter reaches the number of steps), with no reset and
+    no time limit, and sums the raw rewards (1 per step until the episode ended, then 0)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import ppo
+
+    args = ppo.parse_args(["--env-id", "CartPole-v1"])
+    raw = throughput.make_raw(args)
+    num_envs, num_steps = 3, 60
+    _, state = jax.vmap(raw.reset)(jax.random.split(jax.random.PRNGKey(0), num_envs))
+    carry = (state, jax.random.PRNGKey(1), jnp.float32(0.0), jnp.float32(0.0))
+    state, _, reward_sum, _ = jax.jit(throughput.make_bare(raw, num_envs, num_steps))(carry)
+    assert np.asarray(state.time).tolist() == [num_steps] * num_envs
+    assert 0 < float(reward_sum) < num_envs * num_steps  # every episode ended, none was reset
 
 
 @pytest.mark.parametrize("argv, message", [
