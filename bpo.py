@@ -554,13 +554,13 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
     def fqe_inputs(state):
         """What both FQE phases and the variance rewards read, computed once per iteration (pi, the
         replay buffer and the observation statistics do not change between them): the normalised
-        observations and next observations, pi(.|s'), the bootstrap mask and, with weight_td, the
-        TD weights clip(pi/mu, 0.1, 10)."""
+        observations and next observations, pi(.|s'), the bootstrap mask and the TD weights
+        clip(pi/mu, 0.1, 10) (used with weight_td)."""
         rb, pi = state.replay, state.params["pi"]
         obs, next_obs = norm(state, rb.obs), norm(state, rb.next_obs)
         w_td = jnp.clip(jnp.exp(log_prob(spec, actor.apply(pi, obs), rb.action) - rb.log_mu), 0.1, 10.0)
         return dict(obs=obs, next_obs=next_obs, pi_next=actor.apply(pi, next_obs),
-                    mask=1.0 - rb.done + rb.truncated, w_td=w_td if args.weight_td else None)
+                    mask=1.0 - rb.done + rb.truncated, w_td=w_td)
 
     def fqe(state, shared, net, params, target, opt_state, reward, discount, r_lo, r_hi, lr, key):
         """FQE of one Q head (Q or q_hat) for the current pi (docs/algorithm.md eq. 13):
@@ -590,10 +590,9 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
             idx, w = x
             y = reward[idx] + discount * mask[idx] * next_value(params if args.symlog_targets else target, idx)
             clipped = jnp.sum(w * ((y < lo) | (y > hi))) / jnp.sum(w)
-            y = jax.lax.stop_gradient(jnp.clip(y, lo, hi) if args.clip_targets else y)
-            weight = w
-            if args.weight_td:
-                weight = w * w_td[idx] / (jnp.sum(w * w_td[idx]) / jnp.sum(w))
+            # jnp.where, not if, for the flags a sweep may vary (traced values; see runner.py --sweep)
+            y = jax.lax.stop_gradient(jnp.where(args.clip_targets, jnp.clip(y, lo, hi), y))
+            weight = jnp.where(args.weight_td, w * w_td[idx] / (jnp.sum(w * w_td[idx]) / jnp.sum(w)), w)
 
             def loss_fn(params):
                 out = net.apply(params, obs[idx], rb.action[idx])
@@ -604,8 +603,7 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
 
             loss, grads = jax.value_and_grad(loss_fn)(params)
             params, opt_state = apply(params, opt_state, grads, lr)
-            if args.polyak_tau > 0:
-                target = optax.incremental_update(params, target, args.polyak_tau)
+            target = optax.incremental_update(params, target, args.polyak_tau)  # tau = 0: target unchanged
             return (params, target, opt_state), jnp.stack([loss, clipped, 1.0])
 
         def maybe_step(carry, x):  # minibatches holding no filled slot do nothing
@@ -614,8 +612,8 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
 
         mbs = replay_minibatches(k_mb, rb.size, args.replay_size, args.fqe_minibatch_size, args.fqe_epochs)
         (params, target, opt_state), out = jax.lax.scan(maybe_step, (params, target, opt_state), mbs)
-        if args.polyak_tau == 0:
-            target = params  # hard copy at the end of the phase
+        # polyak_tau = 0: a hard copy at the end of the phase
+        target = jax.tree.map(lambda p, t: jnp.where(args.polyak_tau == 0, p, t), params, target)
         steps = jnp.maximum(out[:, 2].sum(), 1.0)
         valid = jnp.arange(args.replay_size) < rb.size
         stats = dict(loss=out[:, 0].sum() / steps, target_clip_frac=out[:, 1].sum() / steps,
@@ -662,7 +660,7 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
 
         def q_hat_value(o, a=None):
             q = q_value(q_hat_net, p["q_hat"], o, a)
-            return jnp.clip(q, 1e-6, hi) if args.clip_targets else jnp.maximum(q, 1e-6)
+            return jnp.where(args.clip_targets, jnp.clip(q, 1e-6, hi), jnp.maximum(q, 1e-6))
 
         def loss_fn(mu, idx, w, k):
             o = obs[idx]
@@ -1049,7 +1047,8 @@ SUITE_PRESETS = {
 # and no program structure; the compiled program reads them as (vmapped) inputs.
 SWEEPABLE = ("learning_rate", "anneal_lr", "adam_eps", "max_grad_norm", "gamma", "gae_lambda",
              "clip_coef", "anneal_clip", "clip_vloss", "norm_adv", "ent_coef", "vf_coef", "log_std_init",
-             "reward_scale", "clip_rho", "clip_c", "weight_on_adv", "symlog_reg_coef")
+             "reward_scale", "clip_rho", "clip_c", "weight_on_adv", "weight_td", "clip_targets",
+             "symlog_reg_coef", "polyak_tau")
 
 
 def parse_args(argv: list[str] | None = None) -> Args:

@@ -87,15 +87,16 @@ def test_the_cli_takes_a_sweep():
                             dict(clip_rho=1.5, clip_c=1.0), dict(clip_rho=1.5, clip_c=2.0)]
 
 
-@pytest.mark.parametrize("module", [ppo, bpo, bpo_traj])
+@pytest.mark.parametrize("module,probe", [(ppo, 0), (bpo, 0), (bpo_traj, 0), (bpo, 4), (bpo_traj, 4)])
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
-def test_every_sweepable_key_is_a_traced_input(module, env_id):
+def test_every_sweepable_key_is_a_traced_input(module, probe, env_id):
     """SWEEPABLE is honest: with every listed key traced at once, init and the interval's program
-    trace (no Python control flow on them, no shape from them)."""
-    args = tiny(module, env_id=env_id)
+    trace (no Python control flow on them, no shape from them); with the variance probe on, all but
+    gamma (the probe's horizon)."""
+    args = tiny(module, env_id=env_id, **({"variance_probe": probe} if probe else {}))
     values = runner.with_values(module.make_train, args, envs.make(env_id))
     hp = {k: jax.ShapeDtypeStruct((), jnp.bool_ if isinstance(getattr(args, k), bool) else jnp.float32)
-          for k in module.SWEEPABLE}
+          for k in module.SWEEPABLE if not (probe and k == "gamma")}
     like = jax.eval_shape(lambda key, hp: values(hp).init(key), jax.random.PRNGKey(0), hp)
     batched = lambda x: jax.ShapeDtypeStruct((3, *x.shape), x.dtype)  # noqa: E731
     chunk = jax.vmap(lambda s, hp, n: values(hp).train_chunk(s, n), in_axes=(0, 0, None), axis_name="seeds")
