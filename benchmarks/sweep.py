@@ -3,8 +3,9 @@
 Runs `python <script> --sweep KEY=V1,V2 ... <flags>` once, then every member of the grid as its own
 process (`--key value`, same flags), optionally the sweep again on N forced host devices, and
 prints the wall time of each (compilation included: what a user waits for), the sum of the
-sequential runs and the ratio, and writes them as JSON. The final returns of each member are
-checked against its standalone run (they must agree: same numbers, one program).
+sequential runs and the ratio, and writes them as JSON, with how many final returns equal the
+standalone runs' (all of them over short runs; over long ones rounding differences grow, as between
+a seed in a batch and the seed alone).
 
     python benchmarks/sweep.py bpo.py --sweep clip_rho=1.0,1.2,1.5 clip_c=1.0,1.5 --flags="--num-seeds 4" --devices 2
 """
@@ -75,15 +76,17 @@ def main(args: Args) -> dict:
         result["sweep_devices_seconds"] = timed(
             python + ["--sweep", *args.sweep, *flags, "--output-dir", f"{tmp}/sweep_devices"],
             env={"XLA_FLAGS": f"--xla_force_host_platform_device_count={args.devices}"})
+    # Equal over short runs (tests/test_sweep.py); over long ones rounding differences (another
+    # batch size, another fusion) grow, as between seed i in a batch and seed i alone: counted here.
     swept = json.load(open(f"{tmp}/sweep/summary.json"))["final_eval_return"]
     alone = [json.load(open(f"{tmp}/member{i}/summary.json"))["final_eval_return"] for i in range(len(members))]
-    result["final_returns_agree"] = all(abs(a - b) <= 1e-3 * max(1.0, abs(b)) for s, m in zip(swept, alone)
-                                        for a, b in zip(s, m) if a is not None and b is not None)
+    pairs = [(a, b) for s, m in zip(swept, alone) for a, b in zip(s, m)]
+    result["final_returns_equal"] = f"{sum(a == b for a, b in pairs)} of {len(pairs)}"
     total = sum(result["sequential_seconds"])
     print(f"\nsweep of {len(members)} members, one program: {result['sweep_seconds']:.1f} s; the same "
           f"{len(members)} one by one: {total:.1f} s ({total / result['sweep_seconds']:.2f}x the sweep's time)"
           + (f"; the sweep on {args.devices} forced host devices: {result['sweep_devices_seconds']:.1f} s"
-             if args.devices else "") + f"; final returns agree: {result['final_returns_agree']}")
+             if args.devices else "") + f"; final returns equal to the standalone runs': {result['final_returns_equal']}")
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
