@@ -108,18 +108,21 @@ def make_bare(raw: envs.RawEnv, num_envs: int, num_steps: int):
     return run
 
 
-def timed(fn, x, repeats: int):
-    """Median wall time of x = fn(x) over repeats calls."""
+def compile_and_time(fn, x, repeats: int, out=lambda y: y):
+    """(compile seconds, median wall time of x = out(fn(x)) over repeats calls, last x)."""
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(x).compile()
+    compile_seconds = time.perf_counter() - t0
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        x = jax.block_until_ready(fn(x))
+        x = jax.block_until_ready(out(compiled(x)))
         times.append(time.perf_counter() - t0)
-    return float(np.median(times)), x
+    return compile_seconds, float(np.median(times)), x
 
 
 def measure(script: str, script_argv: list[str], bench: Bench) -> dict:
-    """Compile and time both programs; returns the figures."""
+    """Compile and time the three programs; returns the figures."""
     module = importlib.import_module(script)
     args = module.parse_args(script_argv)
     module.validate(args)  # the script's own checks
@@ -133,28 +136,19 @@ def measure(script: str, script_argv: list[str], bench: Bench) -> dict:
     def train(state):  # returns the metrics too, so they are computed as in a real run
         return jax.lax.scan(lambda s, _: trainer.iteration(s), state, None, length=bench.iterations)
 
-    t0 = time.perf_counter()
-    train_c = jax.jit(jax.vmap(train)).lower(state).compile()
-    train_compile = time.perf_counter() - t0
-    train_seconds, state = timed(lambda s: train_c(s)[0], state, bench.repeats)
+    train_compile, train_seconds, state = compile_and_time(jax.vmap(train), state, bench.repeats, lambda y: y[0])
 
     keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds))
     env_state = jax.vmap(lambda k: jax.vmap(env.reset)(jax.random.split(k, args.num_envs))[1])(keys)
     carry = (env_state, keys, jnp.zeros(len(seeds)), jnp.zeros(len(seeds)))
     ceiling = jax.vmap(make_ceiling(env, args.num_envs, args.num_steps * bench.iterations))
-    t0 = time.perf_counter()
-    ceiling_c = jax.jit(ceiling).lower(carry).compile()
-    ceiling_compile = time.perf_counter() - t0
-    ceiling_seconds, (_, _, reward_sum, _) = timed(ceiling_c, carry, bench.repeats)
+    ceiling_compile, ceiling_seconds, (_, _, reward_sum, _) = compile_and_time(ceiling, carry, bench.repeats)
 
     raw = make_raw(args)
     raw_state = jax.vmap(lambda k: jax.vmap(raw.reset)(jax.random.split(k, args.num_envs))[1])(keys)
     carry = (raw_state, keys, jnp.zeros(len(seeds)), jnp.zeros(len(seeds)))
     bare = jax.vmap(make_bare(raw, args.num_envs, args.num_steps * bench.iterations))
-    t0 = time.perf_counter()
-    bare_c = jax.jit(bare).lower(carry).compile()
-    bare_compile = time.perf_counter() - t0
-    bare_seconds, (_, _, bare_reward_sum, _) = timed(bare_c, carry, bench.repeats)
+    bare_compile, bare_seconds, (_, _, bare_reward_sum, _) = compile_and_time(bare, carry, bench.repeats)
 
     device = jax.devices()[0]
     return dict(
