@@ -342,8 +342,7 @@ def replay_minibatches(key, size, capacity: int, minibatch_size: int, epochs: in
     m = -(-capacity // minibatch_size)
 
     def one_epoch(k):
-        u = jnp.where(jnp.arange(capacity) < size, jax.random.uniform(k, (capacity,)), 2.0)
-        order = jnp.argsort(u)  # the filled slots first, shuffled
+        order = runner.permutation(k, capacity, first=jnp.arange(capacity) < size)  # the filled slots first, shuffled
         order = jnp.resize(order, m * minibatch_size)  # repeated cyclically; the repeats get weight 0
         weight = (jnp.arange(m * minibatch_size) < size).astype(jnp.float32)
         return order.reshape(m, minibatch_size), weight.reshape(m, minibatch_size)
@@ -523,14 +522,12 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         def step(carry, t):
             env_state, obs, scaler, noise, key = carry
             key, k_act, k_env = jax.random.split(key, 3)
-            obs_n = norm(state, obs)
-            mu_dist, pi_dist = actor.apply(p["mu"], obs_n), actor.apply(p["pi"], obs_n)
+            mu_dist = actor.apply(p["mu"], norm(state, obs))
             if args.noise_hold_steps > 1:  # one noise draw per environment, held for noise_hold_steps steps (eq. 16)
                 noise = jnp.where(t % args.noise_hold_steps == 0, jax.random.normal(k_act, noise.shape), noise)
                 action = mu_dist[0] + jnp.exp(mu_dist[1]) * noise
             else:
                 action = sample(spec, mu_dist, k_act)
-            value = critic.apply(p["v"], obs_n)
             ts = jax.vmap(env.step)(jax.random.split(k_env, args.num_envs), env_state, action)
             done = ts.terminated | ts.truncated
             reward = ts.reward
@@ -538,17 +535,23 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
             scaler, discounted_return = envs.track_returns(scaler, reward, done, args.gamma)
             if args.normalize_reward:
                 reward = envs.scale_reward(scaler, reward)
-            # A truncated episode did not end: bootstrap it from the TRUE final observation (eq. 4).
-            final_value = critic.apply(p["v"], norm(state, ts.final_obs))
-            transition = Transition(obs, action, log_prob(spec, mu_dist, action), log_prob(spec, pi_dist, action),
-                                    value, reward + args.gamma * ts.truncated * final_value, done.astype(jnp.float32),
-                                    reward, ts.truncated.astype(jnp.float32), ts.final_obs)
+            transition = Transition(obs, action, None, None, None, None, done.astype(jnp.float32), reward,
+                                    ts.truncated.astype(jnp.float32), ts.final_obs)
             episodes = (done, ts.episode_return, ts.episode_length, discounted_return)
             return (ts.state, ts.obs, scaler, noise, key), (transition, episodes)
 
         noise = jnp.zeros((args.num_envs, spec.n))
         (env_state, obs, scaler, _, key), (traj, episodes) = jax.lax.scan(
             step, (state.env_state, state.obs, state.reward_scaler, noise, state.key), jnp.arange(args.num_steps))
+        # mu, pi and V are fixed during the rollout, so log mu, log pi and V are computed once for all
+        # [T, E] observations after it (a batched pass, not one per step; with mu = pi, log mu and log
+        # pi are then the same numbers, bitwise). A truncated episode did not end: its reward
+        # bootstraps from V of the TRUE final observation (eq. 4).
+        obs_n = norm(state, traj.obs)
+        traj = traj._replace(
+            log_mu=log_prob(spec, actor.apply(p["mu"], obs_n), traj.action),
+            log_pi=log_prob(spec, actor.apply(p["pi"], obs_n), traj.action), value=critic.apply(p["v"], obs_n),
+            reward=traj.env_reward + args.gamma * traj.truncated * critic.apply(p["v"], norm(state, traj.final_obs)))
         flat = lambda x: x.reshape((batch_size,) + x.shape[2:])
         replay = replay_add(state.replay, Replay(
             flat(traj.obs), flat(traj.action), flat(traj.env_reward), flat(traj.done), flat(traj.truncated),
@@ -575,7 +578,7 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
             return (optax.apply_updates(params, updates), opt_state), stats
 
         def epoch(carry, key):
-            perm = jax.random.permutation(key, batch_size)
+            perm = runner.permutation(key, batch_size)  # uniformly random (faster on a CPU than jax.random.permutation)
             mbs = jax.tree.map(lambda x: x[perm].reshape((num_minibatches, -1) + x.shape[1:]), flat)
             return jax.lax.scan(minibatch_step, carry, mbs)
 
@@ -700,11 +703,15 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
             q = q_value(q_hat_net, p["q_hat"], o, a)
             return jnp.where(args.clip_targets, jnp.clip(q, 1e-6, hi), jnp.maximum(q, 1e-6))
 
+        # pi and q_hat do not change in this phase: pi(.|s) (and, discrete, q_hat(s, .)) once per state
+        pi_all = actor.apply(p["pi"], obs)
+        q_hat_all = q_hat_value(obs) if spec.discrete else None
+
         def loss_fn(mu, idx, w, k):
             o = obs[idx]
-            mu_dist, pi_dist = actor.apply(mu, o), actor.apply(p["pi"], o)
+            mu_dist, pi_dist = actor.apply(mu, o), jax.tree.map(lambda x: x[idx], pi_all)
             if spec.discrete:
-                per_state = mu_loss_discrete(mu_dist, jax.nn.log_softmax(pi_dist), q_hat_value(o), args.ent_coef)
+                per_state = mu_loss_discrete(mu_dist, jax.nn.log_softmax(pi_dist), q_hat_all[idx], args.ent_coef)
             else:
                 per_state = mu_loss_continuous(spec, mu_dist, pi_dist, lambda a: q_hat_value(o, a), k,
                                                args.ent_coef, args.mu_policy_loss == "kl_qhat")

@@ -265,14 +265,12 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         def step(carry, t):
             env_state, obs, scaler, noise, key = carry
             key, k_act, k_env = jax.random.split(key, 3)
-            obs_n = norm(state, obs)
-            dist = actor.apply(state.params["pi"], obs_n)
+            dist = actor.apply(state.params["pi"], norm(state, obs))
             if args.noise_hold_steps > 1:  # one noise draw per environment, held for noise_hold_steps steps (eq. 16)
                 noise = jnp.where(t % args.noise_hold_steps == 0, jax.random.normal(k_act, noise.shape), noise)
                 action = dist[0] + jnp.exp(dist[1]) * noise
             else:
                 action = sample(spec, dist, k_act)
-            value = critic.apply(state.params["v"], obs_n)
             ts = jax.vmap(env.step)(jax.random.split(k_env, args.num_envs), env_state, action)
             done = ts.terminated | ts.truncated
             reward = ts.reward
@@ -280,16 +278,19 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
             scaler, discounted_return = envs.track_returns(scaler, reward, done, args.gamma)
             if args.normalize_reward:
                 reward = envs.scale_reward(scaler, reward)
-            # A truncated episode did not end: bootstrap it from the TRUE final observation (eq. 4).
-            final_value = critic.apply(state.params["v"], norm(state, ts.final_obs))
-            reward = reward + args.gamma * ts.truncated * final_value
-            transition = Transition(obs, action, log_prob(spec, dist, action), value, reward, done.astype(jnp.float32))
+            transition = Transition(obs, action, log_prob(spec, dist, action), None, reward, done.astype(jnp.float32))
             episodes = (done, ts.episode_return, ts.episode_length, discounted_return)
-            return (ts.state, ts.obs, scaler, noise, key), (transition, episodes)
+            return (ts.state, ts.obs, scaler, noise, key), (transition, ts.final_obs, ts.truncated, episodes)
 
         noise = jnp.zeros((args.num_envs, spec.n))
-        (env_state, obs, scaler, _, key), (traj, episodes) = jax.lax.scan(
+        (env_state, obs, scaler, _, key), (traj, final_obs, truncated, episodes) = jax.lax.scan(
             step, (state.env_state, state.obs, state.reward_scaler, noise, state.key), jnp.arange(args.num_steps))
+        # V is fixed during the rollout, so it is applied once to all [T, E] observations after it
+        # (a batched pass, not one per step). A truncated episode did not end: its reward bootstraps
+        # from V of the TRUE final observation (eq. 4).
+        v = state.params["v"]
+        traj = traj._replace(value=critic.apply(v, norm(state, traj.obs)),
+                             reward=traj.reward + args.gamma * truncated * critic.apply(v, norm(state, final_obs)))
         state = state._replace(env_state=env_state, obs=obs, reward_scaler=scaler, key=key)
         return state, traj, episodes
 
@@ -308,7 +309,7 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
             return (optax.apply_updates(params, updates), opt_state), stats
 
         def epoch(carry, key):
-            perm = jax.random.permutation(key, batch_size)
+            perm = runner.permutation(key, batch_size)  # uniformly random (faster on a CPU than jax.random.permutation)
             mbs = jax.tree.map(lambda x: x[perm].reshape((num_minibatches, -1) + x.shape[1:]), flat)
             return jax.lax.scan(minibatch_step, carry, mbs)
 

@@ -201,6 +201,30 @@ def init_seeds(init: Callable, seeds: list[int], hp: dict | None = None):
     return jax.tree.map(lambda *xs: jnp.stack(xs), *rows)
 
 
+def permutation(key, n: int, first=None) -> jax.Array:
+    """A random permutation of range(n) (int32), as jax.random.permutation draws one, for the
+    scripts' minibatch shuffles, about 3x faster on a CPU. XLA's CPU sort is fast on one array of
+    uint32 and slow on keys with values (a comparator call per comparison), so each element is packed
+    into one word, (random bits, index), and the words are sorted. Beside a ceil(log2 n)-bit index a
+    word holds fewer than 32 random bits, so the sort is repeated with fresh bits on the previous
+    order, until ties (broken by position) are as unlikely as in jax.random.permutation: n^3 <=
+    2^(random bits x rounds), one round for n <= 256, two up to 2^12. With `first` (bool [n]), the
+    elements where it is True come first (each group in random order; the word's top bit)."""
+    index_bits = max(1, (n - 1).bit_length())
+    random_bits = 32 - index_bits - (first is not None)
+    if random_bits < 4:
+        raise ValueError(f"permutation: n = {n} is too large to pack with its index into 32 bits")
+    rounds = -(-3 * index_bits // random_bits)
+    position = jnp.arange(n, dtype=jnp.uint32)
+    order = position
+    for k in jax.random.split(key, rounds):
+        word = (jax.random.bits(k, (n,), jnp.uint32) >> (32 - random_bits)) << index_bits | position
+        if first is not None:
+            word = word | jnp.where(first[order], jnp.uint32(0), jnp.uint32(1 << 31))
+        order = order[jnp.sort(word) & ((1 << index_bits) - 1)]
+    return order.astype(jnp.int32)
+
+
 # ----------------------------------------------------------------------------------------------
 # Outputs
 # ----------------------------------------------------------------------------------------------

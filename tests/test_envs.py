@@ -260,19 +260,20 @@ def test_reset_where_done_with_unbatched_state():
     assert bool(ts.terminated[0] | ts.truncated[0])
 
 
-def test_reset_only_where_done_mjx_ant():
-    """Brax ant on MJX (compilation dominates: a few minutes on a loaded 2-core CPU): observations,
-    rewards and episode ends equal the always-reset reference bitwise; the physics state to float
+def test_reset_only_where_done_mjx():
+    """Brax on MJX, the small inverted_pendulum (compilation dominates: about a minute on a 2-core
+    CPU): observations, rewards and episode ends equal the always-reset reference bitwise; the physics state to float
     rounding (a reset of a chunk of environments may round differently in the last bit from one of
     the whole batch, in forward-pass fields such as qacc that the next step recomputes)."""
     from envs.brax_envs import make_brax
 
-    raw, limit = make_brax("ant"), 3
-    env = envs.with_time_limit("ant", raw, limit)
+    raw, limit = make_brax("inverted_pendulum"), 3
+    env = envs.with_time_limit("inverted_pendulum", raw, limit)
     ts = rollout(env.reset, env.step, raw.action_spec, 2, 3, 7)
     ref = rollout(env.reset, always_reset_step(raw, limit), raw.action_spec, 2, 3, 7)
     for field in ("obs", "reward", "terminated", "truncated", "final_obs", "episode_return", "episode_length"):
         np.testing.assert_array_equal(getattr(ts, field), getattr(ref, field), err_msg=field)
     for x, y in zip(jax.tree.leaves(ts.state), jax.tree.leaves(ref.state), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-3)
-    assert np.asarray(ts.truncated).sum() == 2 * 3 * 2  # every environment reset twice
+    ends = np.asarray(ts.terminated | ts.truncated)  # [seeds, steps, envs]
+    assert (ends.sum(1) >= 2).all()  # every environment reset at least twice (time limit 3, 7 steps)

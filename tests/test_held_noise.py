@@ -52,12 +52,15 @@ def test_presets_use_the_reference_names():
     assert bpo_traj.parse_args(["--preset", "mujoco_ppo_gsde", "ppo_bpo_zero1.5_traj"]).noise_hold_steps == 4
 
 
-def test_bpo_hopper_mjx_with_held_noise_end_to_end(tmp_path):
-    """bpo.py under mujoco_ppo_gsde + ppo_bpo_zero on MJX, a tiny budget (compilation dominates)."""
+def test_bpo_with_held_noise_end_to_end(tmp_path):
+    """bpo.py under mujoco_ppo_gsde + ppo_bpo_zero with a tiny budget, on Pendulum-v1: held noise does
+    not depend on the backend, and the one MJX end-to-end run is tests/test_brax_smoke.py's."""
     args = runner.apply_presets(bpo.Args(), bpo.PRESETS, ["mujoco_ppo_gsde", "ppo_bpo_zero"])
-    args = dataclasses.replace(args, env_id="hopper", num_seeds=2, total_timesteps=1024, num_envs=4, num_steps=128,
-                               minibatch_size=128, num_epochs=1, replay_size=512, fqe_epochs=1, mu_epochs=1,
-                               eval_every=512, eval_episodes=2, max_episode_steps=50, output_dir=str(tmp_path))
+    args = dataclasses.replace(args, env_id="Pendulum-v1", num_seeds=2, total_timesteps=1024, num_envs=4,
+                               num_steps=128, minibatch_size=128, num_epochs=1, replay_size=512, fqe_epochs=1,
+                               mu_epochs=1, eval_every=512, eval_episodes=2, max_episode_steps=50,
+                               output_dir=str(tmp_path))
+    assert args.noise_hold_steps == 4
     summary = bpo.run(args)
     assert summary["completed"] and summary["env_steps"] == 1024
     assert np.all(np.isfinite(summary["final_eval_return"]))
