@@ -96,3 +96,21 @@ def test_bad_input_is_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         throughput.main(argv)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_versus_times_each_version_and_merges_presets(tmp_path):
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import versus
+
+    assert versus.argv_for("--preset cartpole_ppo --num-seeds 2", "ppo_bpo_zero1.0") == [
+        "--preset", "cartpole_ppo", "ppo_bpo_zero1.0", "--num-seeds", "2"]
+    assert versus.argv_for("--num-seeds 2", "--clip-rho 1.2") == ["--num-seeds", "2", "--clip-rho", "1.2"]
+    out = tmp_path / "versus.json"
+    result = versus.main(["a=ppo.py", "b=ppo.py", "--flags=--num-seeds 1 --num-envs 2 --num-steps 16 "
+                          "--minibatch-size 32 --num-epochs 1", "--iterations", "2", "--repeats", "2",
+                          "--out", str(out)])
+    assert list(result) == ["a", "b"] and result["a"]["env_steps_per_call"] == 2 * 2 * 16
+    assert len(result["b"]["seconds"]) == 2 and json.loads(out.read_text())["variants"]["b"]["time_vs_first"] > 0
