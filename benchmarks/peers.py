@@ -371,8 +371,6 @@ def versions() -> dict:
 # ----------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> dict:
     bench = tyro.cli(Bench, args=argv, prog="peers.py")
-    # runner.py first: it sets its CPU compilation flag (runner.CPU_XLA_FLAG) before anything starts
-    # XLA, and importing rejax does; so both libraries compile with the same XLA_FLAGS (printed).
     import ppo
     import runner
 
@@ -396,7 +394,7 @@ def main(argv: list[str] | None = None) -> dict:
     vers = versions()
     print(f"Rejax {vers['rejax']} vs ppo.py on {ENV_ID}, {len(seeds)} seeds x {bench.total_timesteps:,} steps, "
           f"{device.platform}: {device.device_kind} (jax {vers['jax']}, gymnax {vers['gymnax']}; "
-          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, for both)\n")
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})\n")
     print_table(rows)
 
     print(f"\n== Rejax: jax.jit(jax.vmap(algo.train)), {len(seeds)} seeds ==", flush=True)
