@@ -362,7 +362,6 @@ def versions() -> dict:
             out[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
             out[pkg] = None
-    out["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "")  # the compilation options of both
     return out
 
 
@@ -371,13 +370,12 @@ def versions() -> dict:
 # ----------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> dict:
     bench = tyro.cli(Bench, args=argv, prog="peers.py")
-    import ppo
-    import runner
-
     try:
         import rejax  # noqa: F401
     except ModuleNotFoundError:
         raise SystemExit("peers.py: error: rejax is not installed: pip install -r benchmarks/requirements-peers.txt")
+    import ppo
+    import runner
 
     for name in ("num_seeds", "total_timesteps", "rejax_eval_freq", "rejax_eval_episodes"):
         if getattr(bench, name) <= 0:
@@ -393,8 +391,7 @@ def main(argv: list[str] | None = None) -> dict:
     device = jax.devices()[0]
     vers = versions()
     print(f"Rejax {vers['rejax']} vs ppo.py on {ENV_ID}, {len(seeds)} seeds x {bench.total_timesteps:,} steps, "
-          f"{device.platform}: {device.device_kind} (jax {vers['jax']}, gymnax {vers['gymnax']}; "
-          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})\n")
+          f"{device.platform}: {device.device_kind} (jax {vers['jax']}, gymnax {vers['gymnax']})\n")
     print_table(rows)
 
     print(f"\n== Rejax: jax.jit(jax.vmap(algo.train)), {len(seeds)} seeds ==", flush=True)
