@@ -752,7 +752,10 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
 
         g_pi, _, _ = segments(state.params["pi"])
         _, g_mu, g_mu_clip = segments(state.params["mu"])
-        var_pi, var_mu, var_clip = g_pi.var(ddof=1), g_mu.var(ddof=1), g_mu_clip.var(ddof=1)
+        # Var is shift-invariant: of the returns less their first, so that returns that are all one
+        # number have variance exactly 0 whatever the rounding of their mean (a sum of n floats)
+        var = lambda g: (g - g[0]).var(ddof=1)
+        var_pi, var_mu, var_clip = var(g_pi), var(g_mu), var(g_mu_clip)
         se_diff = jnp.sqrt((var_pi + var_mu) / n)
         # Var(G) no larger than the rounding of a float sum of `horizon` terms (random-walk size
         # sqrt(horizon) eps/2 |G|, here with a factor 2 of margin) is no variance: ratio undefined

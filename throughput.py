@@ -5,7 +5,8 @@
 
 Flags before the script name are this tool's; everything after it goes to that script's own
 parser, so the run is configured exactly as the script would configure it (presets included).
-Three programs are compiled (compilation is not timed) and each is timed `--repeats` times:
+Three programs are compiled (compilation is not timed), then timed in `--repeats` rounds, each
+calling the three in turn (so a slow moment of a shared machine falls on all three alike):
 - training: `--iterations` training iterations of every seed (rollout and every update, no
   evaluation), vmapped over seeds in one scan, as the script runs them;
 - ceiling: the same number of environment steps on the same environments (num_seeds x num_envs
@@ -14,8 +15,9 @@ Three programs are compiled (compilation is not timed) and each is timed `--repe
 - bare: the same number of steps of the backend's own step (Brax's env.step, gymnax's step_env,
   Playground's env.step, through envs' raw adapters) on as many environments, with uniform random
   actions: no wrapper, no time limit, no reset (an environment whose episode ended steps on).
-It prints env steps per second of each (the median over repeats), training / ceiling,
-training / bare and ceiling / bare (what the wrappers cost).
+It prints env steps per second of each (the median over rounds), training / ceiling,
+training / bare and ceiling / bare (what the wrappers cost), each ratio the median over rounds of
+that round's ratio.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class Bench:
     iterations: int = 2
     """training iterations per timed call (the ceiling steps as many env steps)"""
     repeats: int = 3
-    """timed calls of each program after compilation; the median is reported"""
+    """rounds of timed calls (each program once per round) after compilation; medians are reported"""
     out: str = ""
     """if set, write the figures to this JSON file"""
 
@@ -108,17 +110,24 @@ def make_bare(raw: envs.RawEnv, num_envs: int, num_steps: int):
     return run
 
 
-def compile_and_time(fn, x, repeats: int, out=lambda y: y):
-    """(compile seconds, median wall time of x = out(fn(x)) over repeats calls, last x)."""
+def compile_program(fn, x):
+    """(the compiled jax.jit(fn) for arguments like x, its compile seconds)."""
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(x).compile()
-    compile_seconds = time.perf_counter() - t0
-    times = []
+    return compiled, time.perf_counter() - t0
+
+
+def time_interleaved(programs: dict, repeats: int) -> dict:
+    """programs: name -> (compiled, x, out). `repeats` rounds, each calling every program once in
+    turn (x = out(compiled(x))), so a slow moment of a shared machine falls on all alike. Returns
+    name -> (the seconds of each round, the last x)."""
+    times, xs = {name: [] for name in programs}, {name: x for name, (_, x, _) in programs.items()}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        x = jax.block_until_ready(out(compiled(x)))
-        times.append(time.perf_counter() - t0)
-    return compile_seconds, float(np.median(times)), x
+        for name, (compiled, _, out) in programs.items():
+            t0 = time.perf_counter()
+            xs[name] = jax.block_until_ready(out(compiled(xs[name])))
+            times[name].append(time.perf_counter() - t0)
+    return {name: (np.asarray(times[name]), xs[name]) for name in programs}
 
 
 def measure(script: str, script_argv: list[str], bench: Bench) -> dict:
@@ -136,19 +145,25 @@ def measure(script: str, script_argv: list[str], bench: Bench) -> dict:
     def train(state):  # returns the metrics too, so they are computed as in a real run
         return jax.lax.scan(lambda s, _: trainer.iteration(s), state, None, length=bench.iterations)
 
-    train_compile, train_seconds, state = compile_and_time(jax.vmap(train), state, bench.repeats, lambda y: y[0])
+    train, train_compile = compile_program(jax.vmap(train), state)
 
     keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds))
     env_state = jax.vmap(lambda k: jax.vmap(env.reset)(jax.random.split(k, args.num_envs))[1])(keys)
-    carry = (env_state, keys, jnp.zeros(len(seeds)), jnp.zeros(len(seeds)))
-    ceiling = jax.vmap(make_ceiling(env, args.num_envs, args.num_steps * bench.iterations))
-    ceiling_compile, ceiling_seconds, (_, _, reward_sum, _) = compile_and_time(ceiling, carry, bench.repeats)
+    ceiling_carry = (env_state, keys, jnp.zeros(len(seeds)), jnp.zeros(len(seeds)))
+    ceiling, ceiling_compile = compile_program(
+        jax.vmap(make_ceiling(env, args.num_envs, args.num_steps * bench.iterations)), ceiling_carry)
 
     raw = make_raw(args)
     raw_state = jax.vmap(lambda k: jax.vmap(raw.reset)(jax.random.split(k, args.num_envs))[1])(keys)
-    carry = (raw_state, keys, jnp.zeros(len(seeds)), jnp.zeros(len(seeds)))
-    bare = jax.vmap(make_bare(raw, args.num_envs, args.num_steps * bench.iterations))
-    bare_compile, bare_seconds, (_, _, bare_reward_sum, _) = compile_and_time(bare, carry, bench.repeats)
+    bare_carry = (raw_state, keys, jnp.zeros(len(seeds)), jnp.zeros(len(seeds)))
+    bare, bare_compile = compile_program(jax.vmap(make_bare(raw, args.num_envs, args.num_steps * bench.iterations)),
+                                         bare_carry)
+
+    timed = time_interleaved(dict(train=(train, state, lambda y: y[0]), ceiling=(ceiling, ceiling_carry, lambda y: y),
+                                  bare=(bare, bare_carry, lambda y: y)), bench.repeats)
+    (train_times, state), (ceiling_times, (_, _, reward_sum, _)), (bare_times, (_, _, bare_reward_sum, _)) = (
+        timed["train"], timed["ceiling"], timed["bare"])
+    train_seconds, ceiling_seconds, bare_seconds = (float(np.median(t)) for t in (train_times, ceiling_times, bare_times))
 
     device = jax.devices()[0]
     return dict(
@@ -157,10 +172,11 @@ def measure(script: str, script_argv: list[str], bench: Bench) -> dict:
         repeats=bench.repeats, env_steps_per_call=steps,
         train_env_steps_per_second=steps / train_seconds,
         ceiling_env_steps_per_second=steps / ceiling_seconds,
-        ratio=ceiling_seconds / train_seconds,
+        # the ratios: medians over rounds of each round's ratio (the calls of a round ran together)
+        ratio=float(np.median(ceiling_times / train_times)),  # training / ceiling
         bare_env_steps_per_second=steps / bare_seconds,
-        bare_ratio=bare_seconds / train_seconds,  # training / bare
-        ceiling_bare_ratio=bare_seconds / ceiling_seconds,  # ceiling / bare
+        bare_ratio=float(np.median(bare_times / train_times)),  # training / bare
+        ceiling_bare_ratio=float(np.median(bare_times / ceiling_times)),  # ceiling / bare
         train_compile_seconds=train_compile, ceiling_compile_seconds=ceiling_compile,
         bare_compile_seconds=bare_compile,
         # Per seed, over all repeats: what the test checks was run.

@@ -362,6 +362,7 @@ def versions() -> dict:
             out[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
             out[pkg] = None
+    out["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "")  # the compilation options of both
     return out
 
 
@@ -370,12 +371,15 @@ def versions() -> dict:
 # ----------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> dict:
     bench = tyro.cli(Bench, args=argv, prog="peers.py")
+    # runner.py first: it sets its CPU compilation flag (runner.CPU_XLA_FLAG) before anything starts
+    # XLA, and importing rejax does; so both libraries compile with the same XLA_FLAGS (printed).
+    import ppo
+    import runner
+
     try:
         import rejax  # noqa: F401
     except ModuleNotFoundError:
         raise SystemExit("peers.py: error: rejax is not installed: pip install -r benchmarks/requirements-peers.txt")
-    import ppo
-    import runner
 
     for name in ("num_seeds", "total_timesteps", "rejax_eval_freq", "rejax_eval_episodes"):
         if getattr(bench, name) <= 0:
@@ -391,7 +395,8 @@ def main(argv: list[str] | None = None) -> dict:
     device = jax.devices()[0]
     vers = versions()
     print(f"Rejax {vers['rejax']} vs ppo.py on {ENV_ID}, {len(seeds)} seeds x {bench.total_timesteps:,} steps, "
-          f"{device.platform}: {device.device_kind} (jax {vers['jax']}, gymnax {vers['gymnax']})\n")
+          f"{device.platform}: {device.device_kind} (jax {vers['jax']}, gymnax {vers['gymnax']}; "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, for both)\n")
     print_table(rows)
 
     print(f"\n== Rejax: jax.jit(jax.vmap(algo.train)), {len(seeds)} seeds ==", flush=True)

@@ -6,16 +6,21 @@
         --extra bpo="ppo_bpo_zero1.0"          # flags one variant adds (here: a preset after cartpole_ppo)
 
 Each variant is NAME=PATH of a script file (ppo.py, bpo.py or bpo_traj.py, of any checkout). Each is
-loaded from its own file (runner.py and envs/ come from this checkout), configured by its own
+loaded from its own file with its own checkout's runner.py and envs/ (the ones beside it, so a
+version from before a change to either is timed as it was), configured by its own
 parser with the shared flags, and `--iterations` training iterations of every seed (rollout and
 every update, no evaluation, vmapped over seeds in one scan, as throughput.py's training program)
 are compiled once. The compiled programs are then called in turn, variant after variant, for
 `--repeats` rounds, so a slow moment of a shared machine falls on every variant alike; the median
 over rounds is reported, with env steps per second and the ratio of each to the first variant.
+Compilation options are the process's: every variant compiles with the XLA_FLAGS this checkout's
+runner.py sets (printed); to compare versions each with its own flags, run throughput.py in each
+checkout, alternating.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -32,7 +37,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-import runner  # noqa: E402
+# This checkout's runner.py first: it sets the CPU compilation flag (runner.CPU_XLA_FLAG) before
+# anything compiles, so every variant, of any checkout, compiles with the same XLA_FLAGS (printed).
+import runner  # noqa: E402, F401
 
 
 @dataclass(frozen=True)
@@ -51,12 +58,37 @@ class Args:
     """if set, write the figures to this JSON file"""
 
 
+def _shared_modules() -> dict:
+    """Remove and return sys.modules' runner and envs (with its submodules)."""
+    return {k: sys.modules.pop(k) for k in list(sys.modules) if k in ("runner", "envs") or k.startswith("envs.")}
+
+
+@contextlib.contextmanager
+def checkout_modules(directory: str, own: dict):
+    """Within: `import runner` and `import envs` (and envs' lazy imports) find the checkout at
+    `directory`'s modules, `own` (filled on first use); after: this checkout's again."""
+    ours = _shared_modules()
+    sys.modules.update(own)
+    sys.path.insert(0, directory)
+    try:
+        yield
+    finally:
+        sys.path.remove(directory)
+        own.clear()
+        own.update(_shared_modules())
+        sys.modules.update(ours)
+
+
 def load(name: str, path: str):
-    spec = importlib.util.spec_from_file_location(f"versus_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # flax's dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    """The script at `path` as a module, with its checkout's runner and envs (module.runner,
+    module.envs); returns (module, the modules to enter with checkout_modules)."""
+    own: dict = {}
+    with checkout_modules(os.path.dirname(os.path.abspath(path)), own):
+        spec = importlib.util.spec_from_file_location(f"versus_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # flax's dataclasses look their module up
+        spec.loader.exec_module(module)
+    return module, own
 
 
 def argv_for(flags: str, extra: str) -> list[str]:
@@ -78,21 +110,25 @@ def main(argv: list[str] | None = None) -> dict:
         if "=" not in variant:
             raise SystemExit(f"versus.py: error: a variant is NAME=PATH, got {variant!r}")
         name, path = variant.split("=", 1)
-        module = load(name, path)
-        script_args = module.parse_args(argv_for(args.flags, extra.get(name, "")))
-        module.validate(script_args)
-        trainer = module.make_train(script_args, runner.make_env(script_args))
-        seeds = list(range(script_args.seed, script_args.seed + script_args.num_seeds))
-        state = jax.block_until_ready(runner.init_seeds(trainer.init, seeds))
+        module, own = load(name, path)
+        directory = os.path.dirname(os.path.abspath(path))
+        with checkout_modules(directory, own):
+            script_args = module.parse_args(argv_for(args.flags, extra.get(name, "")))
+            module.validate(script_args)
+            trainer = module.make_train(script_args, module.runner.make_env(script_args))
+            seeds = list(range(script_args.seed, script_args.seed + script_args.num_seeds))
+            state = jax.block_until_ready(module.runner.init_seeds(trainer.init, seeds))
 
         def train(s, trainer=trainer):
             return jax.lax.scan(lambda s, _: trainer.iteration(s), s, None, length=args.iterations)
 
         t0 = time.perf_counter()
-        compiled = jax.jit(jax.vmap(train)).lower(state).compile()
+        with checkout_modules(directory, own):
+            compiled = jax.jit(jax.vmap(train)).lower(state).compile()
         steps = args.iterations * len(seeds) * script_args.num_envs * script_args.num_steps
         programs[name] = dict(compiled=compiled, state=state, steps=steps, path=path,
                               compile_seconds=time.perf_counter() - t0, times=[])
+    print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, for every variant", flush=True)
     for _ in range(args.repeats):
         for p in programs.values():
             t0 = time.perf_counter()
@@ -111,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"{p['compile_seconds']:.1f}s)  {p['path']}", flush=True)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump(dict(flags=args.flags, extra=extra, iterations=args.iterations, repeats=args.repeats,
+            json.dump(dict(flags=args.flags, extra=extra, xla_flags=os.environ.get("XLA_FLAGS", ""), iterations=args.iterations, repeats=args.repeats,
                            device=str(jax.devices()[0]), variants=result), f, indent=2)
     return result
 

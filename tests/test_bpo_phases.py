@@ -53,20 +53,23 @@ def test_fqe_recovers_q_pi_and_q_hat_fits_the_variance_reward():
     pi = pi_probs(trainer, state, eye)
     state = fill(state, eye[s], a, REWARD[s, a], np.zeros(64), eye[NEXT[s, a]], np.log(pi[s, a]))
     fit_q, fit_q_hat = jax.jit(trainer.fit_q), jax.jit(trainer.fit_q_hat)
-    for _ in range(60):
-        state, stats = fit_q(state, 3e-3)
+    # The learning rate decays linearly to 0 over the phases, as training's does (anneal_lr): at a
+    # constant rate Adam's steps on a fitted head spike now and then (its second moments shrink), so
+    # whether the last phase lands on a spike would depend on float rounding.
+    for i in range(60):
+        state, stats = fit_q(state, 3e-3 * (1 - i / 60))
     q_exact = exact_action_values(pi, REWARD, GAMMA)
     q = np.asarray(trainer.q_value(trainer.q_net, state.params["q"], jnp.asarray(eye[s]), jnp.asarray(a)))
-    np.testing.assert_allclose(q, q_exact[s, a], rtol=0.03)
+    np.testing.assert_allclose(q, q_exact[s, a], rtol=0.02)
 
     # q_hat is the value of r_hat = 2 r Q - r^2 under pi with discount gamma^2.
     r_hat = trainer.variance_rewards(state)
     np.testing.assert_allclose(r_hat, 2 * REWARD[s, a] * q - REWARD[s, a] ** 2, rtol=1e-5)
-    for _ in range(40):
-        state, stats = fit_q_hat(state, r_hat, 3e-3)
+    for i in range(60):
+        state, stats = fit_q_hat(state, r_hat, 3e-3 * (1 - i / 60))
     q_hat = np.asarray(trainer.q_value(trainer.q_hat_net, state.params["q_hat"], jnp.asarray(eye[s]), jnp.asarray(a)))
     q_hat_exact = exact_action_values(pi, 2 * REWARD * q_exact - REWARD**2, GAMMA**2)
-    np.testing.assert_allclose(q_hat, q_hat_exact[s, a], rtol=0.05)
+    np.testing.assert_allclose(q_hat, q_hat_exact[s, a], rtol=0.02)
     # Fitted to the raw rewards (the reference's bug), q_hat would be far from this.
     q_hat_of_raw_rewards = exact_action_values(pi, REWARD, GAMMA**2)
     assert np.abs(q_hat - q_hat_of_raw_rewards[s, a]).max() > 1.0

@@ -48,5 +48,6 @@ def test_blocks_equal_the_whole(T, E, chunk, clip_rho, clip_c):
     # The clipping fractions are ratios of the same integer counts: identical.
     assert float(diag["rho_clip_frac"]) == float(ref_diag["rho_clip_frac"])
     assert float(diag["c_clip_frac"]) == float(ref_diag["c_clip_frac"]) and 0 < float(diag["c_clip_frac"]) < 1
-    # The same weights summed in another order.
-    np.testing.assert_allclose(diag["effective_horizon"], ref_diag["effective_horizon"], rtol=1e-6)
+    # The same weights summed in another order: float32 sums of T x T x E terms differ in the last
+    # bits, by how XLA orders them (a few eps)
+    np.testing.assert_allclose(diag["effective_horizon"], ref_diag["effective_horizon"], rtol=1e-5)

@@ -98,18 +98,34 @@ def test_bad_input_is_one_line(argv, message, capsys):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
-def test_versus_times_each_version_and_merges_presets(tmp_path):
+def test_versus_times_each_version_with_its_own_modules_and_merges_presets(tmp_path):
     import os
+    import shutil
     import sys
 
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.join(root, "benchmarks"))
+    import runner
     import versus
 
     assert versus.argv_for("--preset cartpole_ppo --num-seeds 2", "ppo_bpo_zero1.0") == [
         "--preset", "cartpole_ppo", "ppo_bpo_zero1.0", "--num-seeds", "2"]
     assert versus.argv_for("--num-seeds 2", "--clip-rho 1.2") == ["--num-seeds", "2", "--clip-rho", "1.2"]
+    # another checkout: its ppo.py runs with its own runner.py and envs/, this one's stay in place
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(os.path.join(root, "ppo.py"), other)
+    shutil.copytree(os.path.join(root, "envs"), other / "envs", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(os.path.join(root, "runner.py"), other)
+    with open(other / "runner.py", "a") as f:
+        f.write("\nOTHER_CHECKOUT = True\n")
+    module, _ = versus.load("other", str(other / "ppo.py"))
+    assert module.runner.OTHER_CHECKOUT and module.runner.__file__ == str(other / "runner.py")
+    assert module.envs.__file__ == str(other / "envs" / "__init__.py")
+    assert sys.modules["runner"] is runner and not hasattr(runner, "OTHER_CHECKOUT")
+    assert sys.modules["envs"].__file__ == os.path.join(root, "envs", "__init__.py")
     out = tmp_path / "versus.json"
-    result = versus.main(["a=ppo.py", "b=ppo.py", "--flags=--num-seeds 1 --num-envs 2 --num-steps 16 "
+    result = versus.main(["a=ppo.py", f"b={other / 'ppo.py'}", "--flags=--num-seeds 1 --num-envs 2 --num-steps 16 "
                           "--minibatch-size 32 --num-epochs 1", "--iterations", "2", "--repeats", "2",
                           "--out", str(out)])
     assert list(result) == ["a", "b"] and result["a"]["env_steps_per_call"] == 2 * 2 * 16
