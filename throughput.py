@@ -177,6 +177,8 @@ def measure(script: str, script_argv: list[str], bench: Bench) -> dict:
         bare_env_steps_per_second=steps / bare_seconds,
         bare_ratio=float(np.median(bare_times / train_times)),  # training / bare
         ceiling_bare_ratio=float(np.median(bare_times / ceiling_times)),  # ceiling / bare
+        # the seconds of each round's call of each program
+        train_seconds=train_times.tolist(), ceiling_seconds=ceiling_times.tolist(), bare_seconds=bare_times.tolist(),
         train_compile_seconds=train_compile, ceiling_compile_seconds=ceiling_compile,
         bare_compile_seconds=bare_compile,
         # Per seed, over all repeats: what the test checks was run.
