@@ -47,7 +47,7 @@ import envs
 # XLA's CPU backend hands matmuls, elementwise ops and reductions to YNNPACK "library fusions". For
 # the small networks here, its fusions of elementwise ops and reductions into the matmuls (tanh,
 # LayerNorm) are slower than XLA's own loops: YNNPACK for the matmuls alone makes the training
-# programs about 1.15x (ppo.py) and 1.25x (bpo.py) as fast on a CPU (README, "Speed"). XLA reads the
+# programs about 1.12x (ppo.py) and 1.23x (bpo.py) as fast on a CPU (README, "Speed"). XLA reads the
 # flag when it creates its CPU client, which importing does not do, so setting it here, before any
 # computation, is in time. Only for the jax it was measured on (an unknown XLA flag is a fatal
 # error), never over XLA_FLAGS that name it, and not with BPO_XLA_DEFAULTS=1; GPU programs are not
@@ -140,6 +140,12 @@ def resumed_args(args_type, folder: str, argv, description: str):
                           f"{saved.total_timesteps} (it may only grow)")
     if args.output_dir != folder:
         raise ConfigError(f"--resume writes into {folder!r}; --output-dir {args.output_dir!r} differs")
+    # Exactly the uninterrupted run's numbers need the same compiled programs: the same jax and XLA flags.
+    was, now = config.get("versions", {}), versions()
+    changed = [k for k in ("jax", "jaxlib", "XLA_FLAGS") if k in was and was[k] != now[k]]
+    if changed:
+        print(f"warning: --resume {folder!r}: {', '.join(f'{k} {was[k]!r} is now {now[k]!r}' for k in changed)}; "
+              "the resumed part may differ in the last bits from an uninterrupted run", file=sys.stderr)
     return args
 
 

@@ -26,7 +26,6 @@ import json
 import os
 import shlex
 import sys
-import time
 from dataclasses import dataclass, field
 
 import jax
@@ -40,6 +39,7 @@ if ROOT not in sys.path:
 # This checkout's runner.py first: it sets the CPU compilation flag (runner.CPU_XLA_FLAG) before
 # anything compiles, so every variant, of any checkout, compiles with the same XLA_FLAGS (printed).
 import runner  # noqa: E402, F401
+from throughput import compile_program, time_interleaved  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -122,26 +122,22 @@ def main(argv: list[str] | None = None) -> dict:
         def train(s, trainer=trainer):
             return jax.lax.scan(lambda s, _: trainer.iteration(s), s, None, length=args.iterations)
 
-        t0 = time.perf_counter()
         with checkout_modules(directory, own):
-            compiled = jax.jit(jax.vmap(train)).lower(state).compile()
+            compiled, compile_seconds = compile_program(jax.vmap(train), state)
         steps = args.iterations * len(seeds) * script_args.num_envs * script_args.num_steps
-        programs[name] = dict(compiled=compiled, state=state, steps=steps, path=path,
-                              compile_seconds=time.perf_counter() - t0, times=[])
+        programs[name] = dict(compiled=compiled, state=state, steps=steps, path=path, compile_seconds=compile_seconds)
     print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, for every variant", flush=True)
-    for _ in range(args.repeats):
-        for p in programs.values():
-            t0 = time.perf_counter()
-            jax.block_until_ready(p["compiled"](p["state"]))
-            p["times"].append(time.perf_counter() - t0)
+    timed = time_interleaved({name: (p["compiled"], p["state"], lambda y: y[0]) for name, p in programs.items()},
+                             args.repeats)
     first = None
     result = {}
     for name, p in programs.items():
-        seconds = float(np.median(p["times"]))
+        times = timed[name][0]
+        seconds = float(np.median(times))
         first = first or seconds
         result[name] = dict(path=p["path"], env_steps_per_call=p["steps"], median_seconds=seconds,
                             env_steps_per_second=p["steps"] / seconds, time_vs_first=seconds / first,
-                            compile_seconds=p["compile_seconds"], seconds=p["times"])
+                            compile_seconds=p["compile_seconds"], seconds=times.tolist())
         print(f"{name:>12}: {p['steps'] / seconds:>10,.0f} env steps/s, {seconds * 1e3:8.1f} ms per call "
               f"(median of {args.repeats}; {seconds / first:.2f}x the first's time; compile "
               f"{p['compile_seconds']:.1f}s)  {p['path']}", flush=True)

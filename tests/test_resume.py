@@ -1,6 +1,7 @@
 """Long runs: an interrupted run resumes from its checkpoint and writes exactly what the
 uninterrupted run would have; flags that would change a resumed run are refused."""
 
+import json
 import os
 import signal
 import subprocess
@@ -76,6 +77,20 @@ def test_resume_refuses_changes_and_extends(tmp_path, capsys):
         bpo.parse_args(["--resume", out])
     with pytest.raises(runner.ConfigError, match="no config.json"):
         ppo.parse_args(["--resume", str(tmp_path)])
+    # the same programs need the same jax and XLA flags: a change is named in a warning (not refused)
+    capsys.readouterr()
+    ppo.parse_args(["--resume", out])
+    assert "warning" not in capsys.readouterr().err
+    config_path = os.path.join(out, "config.json")
+    saved = open(config_path).read()
+    config = json.loads(saved)
+    config["versions"]["XLA_FLAGS"] = "--another-flag"
+    with open(config_path, "w") as f:
+        json.dump(config, f)
+    ppo.parse_args(["--resume", out])
+    assert "XLA_FLAGS '--another-flag' is now" in capsys.readouterr().err
+    with open(config_path, "w") as f:
+        f.write(saved)
     never = str(tmp_path / "never")
     ppo.run(ppo.parse_args(FLAGS + ["--output-dir", never, "--checkpoint-every", "0", "--total-timesteps", "256"]))
     with pytest.raises(runner.ConfigError, match="no checkpoint"):
