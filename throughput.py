@@ -110,6 +110,17 @@ def make_bare(raw: envs.RawEnv, num_envs: int, num_steps: int):
     return run
 
 
+def training_program(trainer, iterations: int):
+    """`iterations` training iterations of every seed (rollout and every update, no evaluation),
+    vmapped over seeds in one scan, as the scripts run them; returns the metrics too, so they are
+    computed as in a real run."""
+
+    def train(state):
+        return jax.lax.scan(lambda s, _: trainer.iteration(s), state, None, length=iterations)
+
+    return jax.vmap(train)
+
+
 def compile_program(fn, x):
     """(the compiled jax.jit(fn) for arguments like x, its compile seconds)."""
     t0 = time.perf_counter()
@@ -142,10 +153,7 @@ def measure(script: str, script_argv: list[str], bench: Bench) -> dict:
     trainer = module.make_train(args, env)
     state = jax.block_until_ready(runner.init_seeds(trainer.init, seeds))
 
-    def train(state):  # returns the metrics too, so they are computed as in a real run
-        return jax.lax.scan(lambda s, _: trainer.iteration(s), state, None, length=bench.iterations)
-
-    train, train_compile = compile_program(jax.vmap(train), state)
+    train_compiled, train_compile = compile_program(training_program(trainer, bench.iterations), state)
 
     keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds))
     env_state = jax.vmap(lambda k: jax.vmap(env.reset)(jax.random.split(k, args.num_envs))[1])(keys)
@@ -159,7 +167,7 @@ def measure(script: str, script_argv: list[str], bench: Bench) -> dict:
     bare, bare_compile = compile_program(jax.vmap(make_bare(raw, args.num_envs, args.num_steps * bench.iterations)),
                                          bare_carry)
 
-    timed = time_interleaved(dict(train=(train, state, lambda y: y[0]), ceiling=(ceiling, ceiling_carry, lambda y: y),
+    timed = time_interleaved(dict(train=(train_compiled, state, lambda y: y[0]), ceiling=(ceiling, ceiling_carry, lambda y: y),
                                   bare=(bare, bare_carry, lambda y: y)), bench.repeats)
     (train_times, state), (ceiling_times, (_, _, reward_sum, _)), (bare_times, (_, _, bare_reward_sum, _)) = (
         timed["train"], timed["ceiling"], timed["bare"])

@@ -39,7 +39,7 @@ if ROOT not in sys.path:
 # This checkout's runner.py first: it sets the CPU compilation flag (runner.CPU_XLA_FLAG) before
 # anything compiles, so every variant, of any checkout, compiles with the same XLA_FLAGS (printed).
 import runner  # noqa: E402, F401
-from throughput import compile_program, time_interleaved  # noqa: E402
+from throughput import compile_program, time_interleaved, training_program  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -118,12 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
             trainer = module.make_train(script_args, module.runner.make_env(script_args))
             seeds = list(range(script_args.seed, script_args.seed + script_args.num_seeds))
             state = jax.block_until_ready(module.runner.init_seeds(trainer.init, seeds))
-
-        def train(s, trainer=trainer):
-            return jax.lax.scan(lambda s, _: trainer.iteration(s), s, None, length=args.iterations)
-
         with checkout_modules(directory, own):
-            compiled, compile_seconds = compile_program(jax.vmap(train), state)
+            compiled, compile_seconds = compile_program(training_program(trainer, args.iterations), state)
         steps = args.iterations * len(seeds) * script_args.num_envs * script_args.num_steps
         programs[name] = dict(compiled=compiled, state=state, steps=steps, path=path, compile_seconds=compile_seconds)
     print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, for every variant", flush=True)
