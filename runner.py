@@ -57,6 +57,26 @@ if (jax.__version__ == "0.10.2" and os.environ.get("BPO_XLA_DEFAULTS") != "1"
         and "xla_cpu_experimental_ynn_fusion_type" not in os.environ.get("XLA_FLAGS", "")):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {CPU_XLA_FLAG}".strip()
 
+
+def _unroll_threefry_on_cpu() -> bool:
+    """jax lowers its random generator's block function (threefry2x32, every key split and draw) on
+    a CPU as a rolled loop over its 5 rounds, to compile faster; on every other platform, unrolled.
+    The rolled loop is a while loop per call, and its overhead at the rollout's draws (keys, actions,
+    resets) costs ppo.py about 5% of its training time on a CPU (README, "Speed"). The unrolled
+    lowering computes the same integers: the numbers are bitwise the same (tests/test_cpu_flags.py).
+    It lives in jax's private modules, hence only for the jax it was measured on, and not with
+    BPO_XLA_DEFAULTS=1."""
+    if jax.__version__ != "0.10.2" or os.environ.get("BPO_XLA_DEFAULTS") == "1":
+        return False
+    from jax._src.interpreters import mlir
+    from jax._src.random import threefry2x32
+
+    mlir.register_lowering(threefry2x32.threefry2x32_p, threefry2x32._threefry2x32_lowering_rule, platform="cpu")
+    return True
+
+
+CPU_THREEFRY_UNROLLED = _unroll_threefry_on_cpu()
+
 OUTPUT_FILES = ("config.json", "metrics.csv", "summary.json", "params.msgpack", "curves.png")
 OUTPUT_FOLDERS = ("checkpoints", "tb")
 EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
@@ -282,6 +302,7 @@ def versions() -> dict:
         except md.PackageNotFoundError:
             out[pkg] = None
     out["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "")  # compilation options (see CPU_XLA_FLAG)
+    out["cpu_threefry"] = "unrolled" if CPU_THREEFRY_UNROLLED else "jax's default"  # same numbers either way
     return out
 
 

@@ -136,3 +136,23 @@ def test_versus_times_each_version_with_its_own_modules_and_merges_presets(tmp_p
                           "--out", str(out)])
     assert list(result) == ["a", "b"] and result["a"]["env_steps_per_call"] == 2 * 2 * 16
     assert len(result["b"]["seconds"]) == 2 and json.loads(out.read_text())["variants"]["b"]["time_vs_first"] > 0
+
+
+def test_threefry_benchmark_compares_both_lowerings_and_restores_runners(tmp_path):
+    import os
+    import sys
+
+    import jax
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.join(root, "benchmarks"))
+    import runner
+    import threefry
+
+    result = threefry.main(["--iterations", "1", "--repeats", "2", "ppo.py", "--num-seeds", "2", "--num-envs", "2",
+                            "--num-steps", "16", "--minibatch-size", "32", "--num-epochs", "1"])
+    assert result["bitwise_equal_params"] and result["speedup"] > 0
+    assert len(result["rolled"]["seconds"]) == len(result["unrolled"]["seconds"]) == 2
+    # afterwards a random draw compiles as runner.py set it up (unrolled: no while loop of its own)
+    hlo = jax.jit(lambda k: jax.random.uniform(k, (3,))).lower(jax.random.PRNGKey(0)).compile().as_text()
+    assert (" while(" not in hlo) == runner.CPU_THREEFRY_UNROLLED
