@@ -198,24 +198,29 @@ def measure(script: str, script_argv: list[str], bench: Bench) -> dict:
     )
 
 
-def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    # The script is the first argument naming one of the script files (a flag's value, such as
-    # `--out ppo`, is not one).
+def split_argv(argv: list[str], tool: str, bench_type):
+    """A benchmark's command line, `[its flags] SCRIPT.py [the script's flags]`: (the tool's parsed
+    flags, the script's name, the script's flags). The script is the first argument naming one of
+    the script files (a flag's value, such as `--out ppo`, is not one)."""
     found = [i for i, a in enumerate(argv) if a.endswith(".py") and os.path.basename(a)[:-3] in SCRIPTS]
     if not found:
-        raise SystemExit(f"throughput.py: error: name a script ({', '.join(s + '.py' for s in SCRIPTS)}) "
-                         "followed by its flags, e.g. `python throughput.py bpo.py --env-id ant`")
+        raise SystemExit(f"{tool}: error: name a script ({', '.join(s + '.py' for s in SCRIPTS)}) "
+                         f"followed by its flags, e.g. `python {tool} bpo.py --env-id ant`")
     i = found[0]
-    bench = tyro.cli(Bench, args=argv[:i], prog="throughput.py")
+    bench = tyro.cli(bench_type, args=argv[:i], prog=tool)
     if bench.iterations < 1 or bench.repeats < 1:
-        raise SystemExit("throughput.py: error: --iterations and --repeats must be >= 1")
-    script = os.path.basename(argv[i])[:-3]
+        raise SystemExit(f"{tool}: error: --iterations and --repeats must be >= 1")
+    return bench, os.path.basename(argv[i])[:-3], argv[i + 1:]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    bench, script, script_argv = split_argv(argv, "throughput.py", Bench)
     try:
-        result = measure(script, argv[i + 1:], bench)
+        result = measure(script, script_argv, bench)
     except ValueError as e:  # the scripts' ConfigError and envs.UnknownEnvError
         raise SystemExit(f"throughput.py: error: {e}")
-    print(f"{script}.py {' '.join(argv[i + 1:])} on {result['device']}: "
+    print(f"{script}.py {' '.join(script_argv)} on {result['device']}: "
           f"{result['num_seeds']} seeds x {result['num_envs']} envs x {result['num_steps']} steps x "
           f"{result['iterations']} iterations = {result['env_steps_per_call']:,} env steps per call\n"
           f"  training: {result['train_env_steps_per_second']:>12,.0f} env steps/s "

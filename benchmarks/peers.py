@@ -371,8 +371,9 @@ def versions() -> dict:
 # ----------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> dict:
     bench = tyro.cli(Bench, args=argv, prog="peers.py")
-    # runner.py first: it sets its CPU compilation flag (runner.CPU_XLA_FLAG) before anything starts
-    # XLA, and importing rejax does; so both libraries compile with the same XLA_FLAGS (printed).
+    # runner.py first: it sets its CPU compilation options (runner.CPU_XLA_FLAG, before anything
+    # starts XLA, which importing rejax does, and runner.CPU_THREEFRY_UNROLLED), so both libraries
+    # compile with the same options (XLA_FLAGS printed).
     import ppo
     import runner
 

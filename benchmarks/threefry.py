@@ -19,14 +19,13 @@ from dataclasses import dataclass
 
 import jax
 import numpy as np
-import tyro
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import runner  # noqa: E402
-from throughput import SCRIPTS, compile_program, time_interleaved, training_program  # noqa: E402
+from throughput import compile_program, split_argv, time_interleaved, training_program  # noqa: E402
 
 
 @dataclass
@@ -44,13 +43,9 @@ def main(argv: list[str] | None = None) -> dict:
     from jax._src.random import threefry2x32 as tf
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    found = [i for i, a in enumerate(argv) if os.path.basename(a)[:-3] in SCRIPTS and a.endswith(".py")]
-    if not found:
-        raise SystemExit("threefry.py: error: name a script (ppo.py, bpo.py, bpo_traj.py) followed by its flags")
-    i = found[0]
-    bench = tyro.cli(Bench, args=argv[:i], prog="threefry.py")
-    module = importlib.import_module(os.path.basename(argv[i])[:-3])
-    args = module.parse_args(argv[i + 1:])
+    bench, script, script_argv = split_argv(argv, "threefry.py", Bench)
+    module = importlib.import_module(script)
+    args = module.parse_args(script_argv)
     module.validate(args)
     env = runner.make_env(args)
     state = runner.init_seeds(module.make_train(args, env).init, list(range(args.seed, args.seed + args.num_seeds)))

@@ -13,9 +13,9 @@ every update, no evaluation, vmapped over seeds in one scan, as throughput.py's 
 are compiled once. The compiled programs are then called in turn, variant after variant, for
 `--repeats` rounds, so a slow moment of a shared machine falls on every variant alike; the median
 over rounds is reported, with env steps per second and the ratio of each to the first variant.
-Compilation options are the process's: every variant compiles with the XLA_FLAGS this checkout's
-runner.py sets (printed); to compare versions each with its own flags, run throughput.py in each
-checkout, alternating.
+Compilation options are the process's: every variant compiles with the XLA_FLAGS (printed) and the
+random generator's CPU lowering this checkout's runner.py sets; to compare versions each with its
+own options, run throughput.py in each checkout, alternating.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-# This checkout's runner.py first: it sets the CPU compilation flag (runner.CPU_XLA_FLAG) before
-# anything compiles, so every variant, of any checkout, compiles with the same XLA_FLAGS (printed).
+# This checkout's runner.py first: it sets the CPU compilation options (runner.CPU_XLA_FLAG,
+# runner.CPU_THREEFRY_UNROLLED) before anything compiles, so every variant, of any checkout,
+# compiles with the same options.
 import runner  # noqa: E402, F401
 from throughput import compile_program, time_interleaved, training_program  # noqa: E402
 
@@ -118,7 +119,6 @@ def main(argv: list[str] | None = None) -> dict:
             trainer = module.make_train(script_args, module.runner.make_env(script_args))
             seeds = list(range(script_args.seed, script_args.seed + script_args.num_seeds))
             state = jax.block_until_ready(module.runner.init_seeds(trainer.init, seeds))
-        with checkout_modules(directory, own):
             compiled, compile_seconds = compile_program(training_program(trainer, args.iterations), state)
         steps = args.iterations * len(seeds) * script_args.num_envs * script_args.num_steps
         programs[name] = dict(compiled=compiled, state=state, steps=steps, path=path, compile_seconds=compile_seconds)
