@@ -46,10 +46,10 @@ import envs
 
 # XLA's CPU backend hands matmuls, elementwise ops and reductions to YNNPACK "library fusions". For
 # the small networks here, its fusions of elementwise ops and reductions into the matmuls (tanh,
-# LayerNorm) are slower than XLA's own loops: YNNPACK for the matmuls alone makes the training
-# programs about 1.12x (ppo.py) and 1.23x (bpo.py) as fast on a CPU (README, "Speed"). XLA reads the
-# flag when it creates its CPU client, which importing does not do, so setting it here, before any
-# computation, is in time. Only for the jax it was measured on (an unknown XLA flag is a fatal
+# LayerNorm) are slower than XLA's own loops: YNNPACK for the matmuls alone makes bpo.py's training
+# program about 1.2x as fast on a CPU (ppo.py's 1.12x before the unrolled threefry below, 1.01x
+# with it; README, "Speed"). XLA reads the flag when it creates its CPU client, which importing does
+# not do, so setting it here, before any computation, is in time. Only for the jax it was measured on (an unknown XLA flag is a fatal
 # error), never over XLA_FLAGS that name it, and not with BPO_XLA_DEFAULTS=1; GPU programs are not
 # affected.
 CPU_XLA_FLAG = "--xla_cpu_experimental_ynn_fusion_type=dot"
