@@ -27,6 +27,10 @@ from envs.playground_envs import PLAYGROUND_BACKENDS, PLAYGROUND_IDS
 # Names used by the BPO reference code.
 ALIASES = {"cartpole": "CartPole-v1", "half_cheetah": "halfcheetah", "walker_2d": "walker2d"}
 ENV_IDS = GYMNAX_IDS + BRAX_IDS + PLAYGROUND_IDS
+# Starts drawn at a time by Brax and Playground environments (with_time_limit's reset_pool): a
+# reset of these physics backends costs about as much as a step, and about as much for a few
+# environments as for one on a CPU; gymnax resets are cheap, so they draw one at a time.
+PHYSICS_RESET_POOL = 16
 
 
 class UnknownEnvError(ValueError):
@@ -79,12 +83,13 @@ def make(
         from envs.gymnax_envs import make_gymnax
 
         raw, limit = make_gymnax(env_id)
-    env = with_time_limit(env_id, raw, max_episode_steps or limit)
+    pool = 1 if env_id in GYMNAX_IDS else PHYSICS_RESET_POOL
+    env = with_time_limit(env_id, raw, max_episode_steps or limit, reset_pool=pool)
     return with_clipped_actions(env) if clip_actions else env
 
 
 __all__ = [
-    "ALIASES", "BRAX_BACKENDS", "BRAX_IDS", "ENV_IDS", "GYMNAX_IDS", "PLAYGROUND_BACKENDS",
+    "ALIASES", "BRAX_BACKENDS", "PHYSICS_RESET_POOL", "BRAX_IDS", "ENV_IDS", "GYMNAX_IDS", "PLAYGROUND_BACKENDS",
     "PLAYGROUND_IDS", "ActionSpec", "Env", "RawEnv",
     "RewardScaler", "RunningMeanStd",
     "Timestep", "UnknownEnvError", "canonical_id", "is_brax", "is_playground", "make", "normalize_obs",

@@ -65,15 +65,32 @@ class WrapperState(NamedTuple):
     inner: Any
     t: jax.Array  # steps taken in the current episode
     episode_return: jax.Array
+    # reset_pool > 1: (spare start observations, spare start states, each [reset_pool - 1, ...];
+    # how many spares are left, the next one at index reset_pool - 1 - left). reset_pool = 1: ().
+    pool: Any = ()
 
 
-def with_time_limit(env_id: str, raw: RawEnv, max_episode_steps: int) -> Env:
-    """Time limit, automatic reset and completed-episode statistics for any raw environment."""
-    reset_where = _reset_where(raw.reset)
+def with_time_limit(env_id: str, raw: RawEnv, max_episode_steps: int, reset_pool: int = 1) -> Env:
+    """Time limit, automatic reset and completed-episode statistics for any raw environment.
+
+    reset_pool = k > 1 draws starts k at a time: an episode end with no spare start left draws k
+    new random starts (raw.reset of its reset key split in k), starts the next episode from the
+    first and keeps the other k - 1 as spares, which the environment's next k - 1 episode ends
+    start from, in order, computing nothing. Every start is a fresh draw, used once, from the
+    same distribution as raw.reset; only which key draws which start differs from k = 1. For
+    backends whose reset costs about a step (MJX) and whose batches are small, drawing k starts
+    at once costs little more than drawing one (see _reset_where)."""
+    if reset_pool < 1:
+        raise ValueError(f"reset_pool must be >= 1, got {reset_pool}")
+    reset_where = _reset_where(raw.reset, reset_pool)
 
     def reset(key):
         obs, inner = raw.reset(key)
-        return obs, WrapperState(inner, jnp.int32(0), jnp.float32(0.0))
+        pool = ()
+        if reset_pool > 1:  # no spare yet: the first episode end draws them
+            spares = jax.tree.map(lambda x: jnp.zeros((reset_pool - 1, *jnp.shape(x)), jnp.result_type(x)), (obs, inner))
+            pool = (*spares, jnp.int32(0))
+        return obs, WrapperState(inner, jnp.int32(0), jnp.float32(0.0), pool)
 
     def step(key, state, action):
         key_step, key_reset = jax.random.split(key)
@@ -84,10 +101,10 @@ def with_time_limit(env_id: str, raw: RawEnv, max_episode_steps: int) -> Env:
         episode_return = state.episode_return + reward
         truncated = (t >= max_episode_steps) & ~terminated
         done = terminated | truncated
-        # raw.reset(key_reset) where done; computed only for the environments that are done, also
-        # under vmap (see _reset_where).
-        next_obs, next_inner = reset_where(done, key_reset, obs, inner)
-        next_state = WrapperState(next_inner, jnp.where(done, 0, t), jnp.where(done, 0.0, episode_return))
+        # a new start where done (a spare, or drawn with key_reset); computed only for the
+        # environments that are done, also under vmap (see _reset_where).
+        next_obs, next_inner, pool = reset_where(done, key_reset, obs, inner, state.pool)
+        next_state = WrapperState(next_inner, jnp.where(done, 0, t), jnp.where(done, 0.0, episode_return), pool)
         return Timestep(
             obs=next_obs,
             state=next_state,
@@ -112,74 +129,96 @@ def reset_chunk(n: int) -> int:
     return max(1, -(-n // RESET_CHUNK_DIVISOR))
 
 
-def _reset_where(raw_reset: Callable) -> Callable:
-    """reset_where(done, key, obs, inner) -> raw_reset(key) where done, else (obs, inner).
+def _reset_where(raw_reset: Callable, pool_size: int = 1) -> Callable:
+    """reset_where(done, key, obs, inner, pool) -> (obs, inner, pool) with a new start where done:
+    the next spare of the pool if one is left, else the first of pool_size starts drawn with key
+    (key itself when pool_size = 1, as raw_reset(key)), the others becoming the spares.
 
     The plain way, `jnp.where(done, raw_reset(key), (obs, inner))`, computes a reset for every
     environment at every step: for MJX a full forward pass (on CPU, Brax ant's reset alone takes
     about a quarter of the time of its step). A per-environment lax.cond does not help: the
     scripts vmap the step over environments
     (and seeds), and vmap turns a cond with a batched predicate into a select of both branches.
-    So the function's batching is customised (jax.custom_batching.custom_vmap): on a batch of n
-    environments it resets only those that are done, in chunks of reset_chunk(n) environments
-    gathered by index (a while loop of ceil(done / chunk) iterations: none on most steps, one
-    when a few episodes end, `RESET_CHUNK_DIVISOR` when all end together at the time limit).
-    The batched function is itself custom-vmapped, so a further vmap (over seeds, or of a scan
-    whose body steps a vmapped batch) flattens its batch axes into one batch instead of turning
-    the loop into a select. Environment i is reset with its own key, as the plain way does, so
-    the results are the same: bitwise for gymnax (tests/test_envs.py). For MJX, XLA may round a
-    reset of a batch of `chunk` environments differently from one of n in the last bit, in
-    forward-pass fields that the next step recomputes (qacc, contact positions; observations,
-    rewards and episode ends came out bitwise the same on ant). Not differentiable (nothing
-    differentiates an environment step).
+    So the batched function is customised (jax.custom_batching.custom_vmap): on a batch of n
+    environments it draws starts only for those that are done and have no spare left, in chunks
+    of reset_chunk(n) environments gathered by index (a while loop of ceil(draws / chunk)
+    iterations: none on most steps, one when a few episodes end, `RESET_CHUNK_DIVISOR` when all
+    end together at the time limit), and takes the spares of the others with one select (skipped
+    when no environment takes one). It is custom-vmapped, so a further vmap (over seeds, or of a
+    scan whose body steps a vmapped batch) flattens its batch axes into one batch instead of
+    turning the loop into a select; one environment alone is a batch of one. Environment i draws
+    with its own key, as the plain way does, so with pool_size = 1 the results are the same:
+    bitwise for gymnax (tests/test_envs.py). For MJX, XLA may round a reset of a batch of `chunk`
+    environments differently from one of n in the last bit, in forward-pass fields that the next
+    step recomputes (qacc, contact positions; observations, rewards and episode ends came out
+    bitwise the same on ant). A call of MJX's reset on CPU costs about as much for a few
+    environments as for one, so pool_size k > 1 makes an environment pay one call per k episode
+    ends. Not differentiable (nothing differentiates an environment step).
     """
+    spares = pool_size - 1
+
+    def draw(key):  # [pool_size, ...]: the next start, then the spares
+        if pool_size == 1:
+            return jax.tree.map(lambda x: jnp.asarray(x)[None], raw_reset(key))
+        return jax.vmap(raw_reset)(jax.random.split(key, pool_size))
 
     @jax.custom_batching.custom_vmap
-    def one(done, key, obs, inner):
-        # In the state's dtypes, as jnp.where(done, new, old) would give them.
-        reset = lambda: jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), raw_reset(key), (obs, inner))
-        return jax.lax.cond(done, reset, lambda: (obs, inner))
+    def batch(done, key, obs, inner, pool):  # every leaf has the leading batch axes of done
+        shape = done.shape  # environments [...]; vmapped: [seeds, environments] (never reshaped:
+        n = done.size       # a reshape of the carried state costs XLA a copy of every leaf per step)
+        if spares:  # the environments with a spare left start from it
+            left = pool[2]
+            take = done & (left > 0)
+            done = done & ~take
 
-    @jax.custom_batching.custom_vmap
-    def batch(done, key, obs, inner):  # a leading batch axis on every leaf
-        n = done.shape[0]
+            def take_spares(state):
+                obs, inner, left = state
+                j = jnp.clip(spares - left, 0, spares - 1)[..., None]  # the next spare's index
+                axes = lambda x, ndim: x.reshape(x.shape + (1,) * (ndim - x.ndim))
+                pick = lambda spare, old: jnp.where(axes(take, old.ndim), jnp.take_along_axis(
+                    spare, axes(j, spare.ndim), len(shape)).squeeze(len(shape)).astype(old.dtype), old)
+                return pick(pool[0], obs), jax.tree.map(pick, pool[1], inner), left - take
+
+            obs, inner, left = jax.lax.cond(jnp.any(take), take_spares, lambda state: state, (obs, inner, left))
+            pool = (pool[0], pool[1], left)
         chunk = reset_chunk(n)
         num_chunks = -(-n // chunk)
-        # The done environments' indices first, then n (out of range: dropped by the scatter).
-        idx = jnp.nonzero(done, size=num_chunks * chunk, fill_value=n)[0]
-        num_done = jnp.sum(done, dtype=jnp.int32)
+        # The indices of the environments that draw first, then n (out of range: dropped by the scatter).
+        idx = jnp.nonzero(done.reshape(-1), size=num_chunks * chunk, fill_value=n)[0]
+        num_draws = jnp.sum(done, dtype=jnp.int32)
 
-        def reset_chunk_i(carry):
-            i, obs, inner = carry
-            rows = jax.lax.dynamic_slice_in_dim(idx, i * chunk, chunk)
-            new_obs, new_inner = jax.vmap(raw_reset)(key[jnp.minimum(rows, n - 1)])
-            put = lambda old, new: old.at[rows].set(new.astype(old.dtype), mode="drop")
-            return i + 1, put(obs, new_obs), jax.tree.map(put, inner, new_inner)
+        def draw_chunk_i(carry):
+            i, obs, inner, pool = carry
+            flat = jax.lax.dynamic_slice_in_dim(idx, i * chunk, chunk)
+            rows = jnp.unravel_index(jnp.minimum(flat, n - 1), shape)
+            rows = (jnp.where(flat < n, rows[0], shape[0]), *rows[1:])  # past the end: dropped
+            new_obs, new_inner = jax.vmap(draw)(key[tuple(jnp.minimum(r, d - 1) for r, d in zip(rows, shape))])
+            put = lambda old, new: old.at[rows].set(new.astype(old.dtype), mode="drop")  # new: [chunk, ...]
+            obs, inner = put(obs, new_obs[:, 0]), jax.tree.map(lambda o, x: put(o, x[:, 0]), inner, new_inner)
+            if spares:
+                pool = (put(pool[0], new_obs[:, 1:]), jax.tree.map(lambda o, x: put(o, x[:, 1:]), pool[1], new_inner),
+                        pool[2].at[rows].set(spares, mode="drop"))
+            return i + 1, obs, inner, pool
 
-        _, obs, inner = jax.lax.while_loop(
-            lambda carry: carry[0] * chunk < num_done, reset_chunk_i, (jnp.int32(0), obs, inner)
+        _, obs, inner, pool = jax.lax.while_loop(
+            lambda carry: carry[0] * chunk < num_draws, draw_chunk_i, (jnp.int32(0), obs, inner, pool)
         )
-        return obs, inner
+        return obs, inner, pool
 
-    def broadcast(axis_size, in_batched, args):
-        return jax.tree.map(
+    def batched(axis_size, in_batched, *args):  # a new leading batch axis on every leaf
+        args = jax.tree.map(
             lambda b, x: x if b else jnp.broadcast_to(x, (axis_size, *jnp.shape(x))), tuple(in_batched), args
         )
-
-    @one.def_vmap
-    def one_rule(axis_size, in_batched, *args):
-        out = batch(*broadcast(axis_size, in_batched, args))
+        out = batch(*args)
         return out, jax.tree.map(lambda _: True, out)
 
-    @batch.def_vmap
-    def batch_rule(axis_size, in_batched, *args):
-        # [axis_size, n, ...] -> [axis_size * n, ...] and back.
-        args = broadcast(axis_size, in_batched, args)
-        n = jnp.shape(args[0])[1]  # explicit sizes: MJX states have leaves of size 0
-        flat = jax.tree.map(lambda x: x.reshape(axis_size * n, *x.shape[2:]), args)
-        out = batch(*flat)
-        out = jax.tree.map(lambda x: x.reshape(axis_size, n, *x.shape[1:]), out)
-        return out, jax.tree.map(lambda _: True, out)
+    batch.def_vmap(batched)
+
+    @jax.custom_batching.custom_vmap
+    def one(*args):  # one environment: a batch of one
+        return jax.tree.map(lambda x: x[0], batch(*jax.tree.map(lambda x: jnp.asarray(x)[None], args)))
+
+    one.def_vmap(batched)
 
     return one
 

@@ -260,17 +260,118 @@ def test_reset_where_done_with_unbatched_state():
     assert bool(ts.terminated[0] | ts.truncated[0])
 
 
+# ---------------------------------------------------------------------------------------------
+# A pool of starts (with_time_limit's reset_pool) against a plain always-draw reference
+# ---------------------------------------------------------------------------------------------
+def always_draw_pool_step(raw, max_episode_steps, pool):
+    """The pool's definition, the plain way: every step draws `pool` starts for every environment
+    (raw.reset of split(reset key, pool)) and selects: where done, the next spare if one is left
+    (in order), else the first drawn start, keeping the others as the spares."""
+
+    def step(key, state, action):
+        key_step, key_reset = jax.random.split(key)
+        obs, inner, reward, terminated = raw.step(key_step, state.inner, action)
+        reward = jnp.asarray(reward, jnp.float32)
+        terminated = jnp.asarray(terminated, bool)
+        t = state.t + 1
+        episode_return = state.episode_return + reward
+        truncated = (t >= max_episode_steps) & ~terminated
+        done = terminated | truncated
+        drawn = jax.vmap(raw.reset)(jax.random.split(key_reset, pool))
+        spare_obs, spare_inner, left = state.pool
+        take, draw = done & (left > 0), done & (left == 0)
+        j = jnp.clip(pool - 1 - left, 0, pool - 2)
+        pick = lambda spare, new, old: jnp.where(take, spare[j], jnp.where(draw, new[0], old)).astype(jnp.result_type(old))
+        next_obs, next_inner = pick(spare_obs, drawn[0], obs), jax.tree.map(pick, spare_inner, drawn[1], inner)
+        keep = lambda spare, new: jnp.where(draw, new[1:], spare).astype(spare.dtype)
+        spares = jax.tree.map(keep, (spare_obs, spare_inner), drawn)
+        left = jnp.where(draw, pool - 1, left - take)
+        next_state = envs.core.WrapperState(next_inner, jnp.where(done, 0, t), jnp.where(done, 0.0, episode_return),
+                                            (*spares, left))
+        return envs.Timestep(next_obs, next_state, reward, terminated, truncated, obs, episode_return, t)
+
+    return step
+
+
+@pytest.mark.parametrize("which", ["counter", "cartpole"])
+def test_reset_pool_equals_always_draw_reference(which):
+    """reset_pool=3 under nested vmap (5 environments in each of 3 seeds), scan, jit: every field,
+    the pool included, equals the plain always-draw reference exactly, for the same keys; the
+    rollout both takes spares and draws new starts, at several environments at once."""
+    if which == "counter":
+        raw, limit = raw_counter_env(), TIME_LIMIT
+    else:
+        from envs.gymnax_envs import make_gymnax
+
+        raw, limit = make_gymnax("CartPole-v1")[0], 4
+    env = envs.with_time_limit(which, raw, limit, reset_pool=3)
+    num_seeds, num_envs, num_steps = 3, 5, 30
+    ts = rollout(env.reset, env.step, raw.action_spec, num_seeds, num_envs, num_steps)
+    ref = rollout(env.reset, always_draw_pool_step(raw, limit, 3), raw.action_spec, num_seeds, num_envs, num_steps)
+    assert_trees_equal(ts, ref)
+    done = np.asarray(ts.terminated | ts.truncated)
+    left = np.asarray(ts.state.pool[2])
+    drew = done & (left == 2)  # after a draw two spares are left; after taking one, 1 or 0
+    took = done & (left < 2)
+    assert drew.sum() >= num_seeds * num_envs and took.sum() >= num_seeds * num_envs
+    assert (drew.transpose(1, 0, 2).reshape(num_steps, -1).sum(1) > envs.core.reset_chunk(num_seeds * num_envs)).any()
+
+
+def test_reset_pool_gives_fresh_starts_and_draws_once_per_pool():
+    """reset_pool=4 on CartPole (every episode truncated at step 6): no start repeats another, and
+    raw.reset runs (a debug callback counts its calls) only on steps where an environment with no
+    spare left ends, for its chunk of environments, 4 starts each."""
+    from envs.gymnax_envs import make_gymnax
+
+    raw = make_gymnax("CartPole-v1")[0]
+    calls = []
+
+    def counting_reset(key):  # under vmap a call may receive a batch of keys: count the keys
+        jax.debug.callback(lambda k: calls.append(np.asarray(k).size // 2), jax.random.key_data(key))
+        return raw.reset(key)
+
+    pool, num_envs = 4, 6
+    env = envs.with_time_limit("CartPole-v1", raw._replace(reset=counting_reset), 6, reset_pool=pool)
+    obs, state = jax.vmap(env.reset)(jax.random.split(jax.random.PRNGKey(0), num_envs))
+    step = jax.jit(jax.vmap(env.step))
+    chunk = envs.core.reset_chunk(num_envs)
+    starts, draws = [np.asarray(obs)], 0
+    for t in range(60):
+        calls.clear()
+        ts = step(jax.random.split(jax.random.PRNGKey(100 + t), num_envs), state, jnp.full(num_envs, t % 2))
+        jax.effects_barrier()
+        done = np.asarray(ts.terminated | ts.truncated)
+        drew = done & (np.asarray(state.pool[2]) == 0)
+        assert sum(calls) == chunk * pool * -(-int(drew.sum()) // chunk)
+        draws += drew.sum()
+        starts.append(np.asarray(ts.obs)[done])
+        state = ts.state
+    starts = np.concatenate(starts)
+    assert len(starts) >= 10 * num_envs
+    assert draws * pool >= len(starts) - num_envs and draws < len(starts) / 2  # most starts were spares
+    assert len(np.unique(starts, axis=0)) == len(starts)
+
+
+def test_physics_backends_draw_a_pool_of_starts():
+    """envs.make gives Brax (and Playground) environments a pool of PHYSICS_RESET_POOL starts and
+    gymnax ones none (shapes only: nothing is compiled)."""
+    brax_state = jax.eval_shape(envs.make("inverted_pendulum").reset, jax.random.PRNGKey(0))[1]
+    assert brax_state.pool[0].shape[0] == envs.PHYSICS_RESET_POOL - 1 > 0
+    assert jax.eval_shape(envs.make("CartPole-v1").reset, jax.random.PRNGKey(0))[1].pool == ()
+
+
 def test_reset_only_where_done_mjx():
     """Brax on MJX, the small inverted_pendulum (compilation dominates: about a minute on a 2-core
-    CPU): observations, rewards and episode ends equal the always-reset reference bitwise; the physics state to float
-    rounding (a reset of a chunk of environments may round differently in the last bit from one of
-    the whole batch, in forward-pass fields such as qacc that the next step recomputes)."""
+    CPU), with a pool of 2 starts as envs.make gives it one: observations, rewards and episode
+    ends equal the always-draw reference bitwise; the physics state to float rounding (a reset of
+    a chunk of environments may round differently in the last bit from one of the whole batch, in
+    forward-pass fields such as qacc that the next step recomputes)."""
     from envs.brax_envs import make_brax
 
     raw, limit = make_brax("inverted_pendulum"), 3
-    env = envs.with_time_limit("inverted_pendulum", raw, limit)
+    env = envs.with_time_limit("inverted_pendulum", raw, limit, reset_pool=2)
     ts = rollout(env.reset, env.step, raw.action_spec, 2, 3, 7)
-    ref = rollout(env.reset, always_reset_step(raw, limit), raw.action_spec, 2, 3, 7)
+    ref = rollout(env.reset, always_draw_pool_step(raw, limit, 2), raw.action_spec, 2, 3, 7)
     for field in ("obs", "reward", "terminated", "truncated", "final_obs", "episode_return", "episode_length"):
         np.testing.assert_array_equal(getattr(ts, field), getattr(ref, field), err_msg=field)
     for x, y in zip(jax.tree.leaves(ts.state), jax.tree.leaves(ref.state), strict=True):
