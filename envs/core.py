@@ -145,7 +145,7 @@ def _reset_where(raw_reset: Callable, pool_size: int = 1) -> Callable:
     iterations: none on most steps, one when a few episodes end, `RESET_CHUNK_DIVISOR` when all
     end together at the time limit), and takes the spares of the others with one select (skipped
     when no environment takes one). It is custom-vmapped, so a further vmap (over seeds, or of a
-    scan whose body steps a vmapped batch) flattens its batch axes into one batch instead of
+    scan whose body steps a vmapped batch) gives it one more leading batch axis instead of
     turning the loop into a select; one environment alone is a batch of one. Environment i draws
     with its own key, as the plain way does, so with pool_size = 1 the results are the same:
     bitwise for gymnax (tests/test_envs.py). For MJX, XLA may round a reset of a batch of `chunk`
