@@ -190,9 +190,9 @@ def _reset_where(raw_reset: Callable, pool_size: int = 1) -> Callable:
         def draw_chunk_i(carry):
             i, obs, inner, pool = carry
             flat = jax.lax.dynamic_slice_in_dim(idx, i * chunk, chunk)
-            rows = jnp.unravel_index(jnp.minimum(flat, n - 1), shape)
-            rows = (jnp.where(flat < n, rows[0], shape[0]), *rows[1:])  # past the end: dropped
-            new_obs, new_inner = jax.vmap(draw)(key[tuple(jnp.minimum(r, d - 1) for r, d in zip(rows, shape))])
+            safe = jnp.unravel_index(jnp.minimum(flat, n - 1), shape)  # a valid index for every entry
+            rows = (jnp.where(flat < n, safe[0], shape[0]), *safe[1:])  # the fill entries past the end: dropped
+            new_obs, new_inner = jax.vmap(draw)(key[safe])
             put = lambda old, new: old.at[rows].set(new.astype(old.dtype), mode="drop")  # new: [chunk, ...]
             obs, inner = put(obs, new_obs[:, 0]), jax.tree.map(lambda o, x: put(o, x[:, 0]), inner, new_inner)
             if spares:

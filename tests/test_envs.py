@@ -101,9 +101,12 @@ def test_reward_scaler_tracks_discounted_returns():
 # ---------------------------------------------------------------------------------------------
 # Resets only where done (envs.core._reset_where) against the old always-reset step
 # ---------------------------------------------------------------------------------------------
-def always_reset_step(raw, max_episode_steps):
-    """The step with_time_limit had before resets were computed only where done: every step
-    computes raw.reset for every environment and selects it where done. The reference."""
+def always_reset_step(raw, max_episode_steps, pool=1):
+    """The reference, the plain way: every step computes raw.reset for every environment and
+    selects it where done (the step with_time_limit had before resets were computed only where
+    done). With a pool of k > 1 starts, every step draws k starts (raw.reset of split(reset key,
+    k)) and selects: where done, the next spare if one is left (in order), else the first drawn
+    start, keeping the others as the spares."""
 
     def step(key, state, action):
         key_step, key_reset = jax.random.split(key)
@@ -114,12 +117,21 @@ def always_reset_step(raw, max_episode_steps):
         episode_return = state.episode_return + reward
         truncated = (t >= max_episode_steps) & ~terminated
         done = terminated | truncated
-        reset_obs, reset_inner = raw.reset(key_reset)
-        keep = lambda new, old: jnp.where(done, new, old)
-        next_state = envs.core.WrapperState(
-            jax.tree.map(keep, reset_inner, inner), jnp.where(done, 0, t), jnp.where(done, 0.0, episode_return)
-        )
-        return envs.Timestep(keep(reset_obs, obs), next_state, reward, terminated, truncated, obs, episode_return, t)
+        if pool == 1:
+            keep = lambda new, old: jnp.where(done, new, old)
+            next_obs, next_inner = jax.tree.map(keep, raw.reset(key_reset), (obs, inner))
+            spares = ()
+        else:
+            drawn = jax.vmap(raw.reset)(jax.random.split(key_reset, pool))
+            spare_obs, spare_inner, left = state.pool
+            take, draw = done & (left > 0), done & (left == 0)
+            j = jnp.clip(pool - 1 - left, 0, pool - 2)
+            pick = lambda spare, new, old: jnp.where(take, spare[j], jnp.where(draw, new[0], old)).astype(jnp.result_type(old))
+            next_obs, next_inner = pick(spare_obs, drawn[0], obs), jax.tree.map(pick, spare_inner, drawn[1], inner)
+            keep = lambda spare, new: jnp.where(draw, new[1:], spare).astype(spare.dtype)
+            spares = (*jax.tree.map(keep, (spare_obs, spare_inner), drawn), jnp.where(draw, pool - 1, left - take))
+        next_state = envs.core.WrapperState(next_inner, jnp.where(done, 0, t), jnp.where(done, 0.0, episode_return), spares)
+        return envs.Timestep(next_obs, next_state, reward, terminated, truncated, obs, episode_return, t)
 
     return step
 
@@ -261,38 +273,8 @@ def test_reset_where_done_with_unbatched_state():
 
 
 # ---------------------------------------------------------------------------------------------
-# A pool of starts (with_time_limit's reset_pool) against a plain always-draw reference
+# A pool of starts (with_time_limit's reset_pool) against the plain always-draw reference
 # ---------------------------------------------------------------------------------------------
-def always_draw_pool_step(raw, max_episode_steps, pool):
-    """The pool's definition, the plain way: every step draws `pool` starts for every environment
-    (raw.reset of split(reset key, pool)) and selects: where done, the next spare if one is left
-    (in order), else the first drawn start, keeping the others as the spares."""
-
-    def step(key, state, action):
-        key_step, key_reset = jax.random.split(key)
-        obs, inner, reward, terminated = raw.step(key_step, state.inner, action)
-        reward = jnp.asarray(reward, jnp.float32)
-        terminated = jnp.asarray(terminated, bool)
-        t = state.t + 1
-        episode_return = state.episode_return + reward
-        truncated = (t >= max_episode_steps) & ~terminated
-        done = terminated | truncated
-        drawn = jax.vmap(raw.reset)(jax.random.split(key_reset, pool))
-        spare_obs, spare_inner, left = state.pool
-        take, draw = done & (left > 0), done & (left == 0)
-        j = jnp.clip(pool - 1 - left, 0, pool - 2)
-        pick = lambda spare, new, old: jnp.where(take, spare[j], jnp.where(draw, new[0], old)).astype(jnp.result_type(old))
-        next_obs, next_inner = pick(spare_obs, drawn[0], obs), jax.tree.map(pick, spare_inner, drawn[1], inner)
-        keep = lambda spare, new: jnp.where(draw, new[1:], spare).astype(spare.dtype)
-        spares = jax.tree.map(keep, (spare_obs, spare_inner), drawn)
-        left = jnp.where(draw, pool - 1, left - take)
-        next_state = envs.core.WrapperState(next_inner, jnp.where(done, 0, t), jnp.where(done, 0.0, episode_return),
-                                            (*spares, left))
-        return envs.Timestep(next_obs, next_state, reward, terminated, truncated, obs, episode_return, t)
-
-    return step
-
-
 @pytest.mark.parametrize("which", ["counter", "cartpole"])
 def test_reset_pool_equals_always_draw_reference(which):
     """reset_pool=3 under nested vmap (5 environments in each of 3 seeds), scan, jit: every field,
@@ -307,7 +289,7 @@ def test_reset_pool_equals_always_draw_reference(which):
     env = envs.with_time_limit(which, raw, limit, reset_pool=3)
     num_seeds, num_envs, num_steps = 3, 5, 30
     ts = rollout(env.reset, env.step, raw.action_spec, num_seeds, num_envs, num_steps)
-    ref = rollout(env.reset, always_draw_pool_step(raw, limit, 3), raw.action_spec, num_seeds, num_envs, num_steps)
+    ref = rollout(env.reset, always_reset_step(raw, limit, pool=3), raw.action_spec, num_seeds, num_envs, num_steps)
     assert_trees_equal(ts, ref)
     done = np.asarray(ts.terminated | ts.truncated)
     left = np.asarray(ts.state.pool[2])
@@ -371,7 +353,7 @@ def test_reset_only_where_done_mjx():
     raw, limit = make_brax("inverted_pendulum"), 3
     env = envs.with_time_limit("inverted_pendulum", raw, limit, reset_pool=2)
     ts = rollout(env.reset, env.step, raw.action_spec, 2, 3, 7)
-    ref = rollout(env.reset, always_draw_pool_step(raw, limit, 2), raw.action_spec, 2, 3, 7)
+    ref = rollout(env.reset, always_reset_step(raw, limit, pool=2), raw.action_spec, 2, 3, 7)
     for field in ("obs", "reward", "terminated", "truncated", "final_obs", "episode_return", "episode_length"):
         np.testing.assert_array_equal(getattr(ts, field), getattr(ref, field), err_msg=field)
     for x, y in zip(jax.tree.leaves(ts.state), jax.tree.leaves(ref.state), strict=True):
