@@ -208,8 +208,9 @@ def split_argv(argv: list[str], tool: str, bench_type):
                          f"followed by its flags, e.g. `python {tool} bpo.py --env-id ant`")
     i = found[0]
     bench = tyro.cli(bench_type, args=argv[:i], prog=tool)
-    if bench.iterations < 1 or bench.repeats < 1:
-        raise SystemExit(f"{tool}: error: --iterations and --repeats must be >= 1")
+    counts = [name for name in ("iterations", "repeats") if hasattr(bench, name)]
+    if any(getattr(bench, name) < 1 for name in counts):
+        raise SystemExit(f"{tool}: error: {' and '.join('--' + name for name in counts)} must be >= 1")
     return bench, os.path.basename(argv[i])[:-3], argv[i + 1:]
 
 

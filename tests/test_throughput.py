@@ -156,3 +156,41 @@ def test_threefry_benchmark_compares_both_lowerings_and_restores_runners(tmp_pat
     # afterwards a random draw compiles as runner.py set it up (unrolled: no while loop of its own)
     hlo = jax.jit(lambda k: jax.random.uniform(k, (3,))).lower(jax.random.PRNGKey(0)).compile().as_text()
     assert (" while(" not in hlo) == runner.CPU_THREEFRY_UNROLLED
+
+
+@pytest.mark.parametrize("script", ["ppo", "bpo"])
+def test_phases_times_each_phase_as_the_iteration_runs_it(script, tmp_path):
+    import os
+    import sys
+
+    import jax
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.join(root, "benchmarks"))
+    import phases
+
+    out = tmp_path / "phases.json"
+    argv = ["--fill", "2", "--repeats", "2", "--out", str(out), f"{script}.py", "--num-seeds", "2", "--num-envs", "2",
+            "--num-steps", "16", "--minibatch-size", "16", "--num-epochs", "1"]
+    if script == "bpo":
+        argv += ["--replay-size", "64", "--fqe-minibatch-size", "16", "--mu-minibatch-size", "16",
+                 "--fqe-epochs", "1", "--mu-epochs", "1"]
+    r = phases.main(argv)
+    names = ["iteration", "rollout"] + (["fit_q", "fit_q_hat", "update_mu"] if script == "bpo" else [])
+    assert list(r["median_seconds"]) == names and all(len(r["seconds"][n]) == 2 for n in names)
+    # the iteration program carried its state on: 2 iterations of filling, then one per round
+    assert r["iterations_run"] == [4, 4]
+    assert r["rest_seconds"] == pytest.approx(2 * r["median_seconds"]["iteration"] - sum(r["median_seconds"].values()))
+    assert json.loads(out.read_text())["median_seconds"] == r["median_seconds"]
+    if script == "bpo":  # each phase program is the trainer's own step, with step 6 fed step 5's rewards
+        import bpo
+        import runner
+
+        args = bpo.parse_args(argv[argv.index("bpo.py") + 1:])
+        trainer = bpo.make_train(args, runner.make_env(args))
+        state = jax.jit(trainer.iteration)(trainer.init(jax.random.PRNGKey(0)))[0]
+        fns = phases.phases(trainer, args.learning_rate)
+        got = jax.jit(fns["fit_q_hat"])(state).params["q_hat"]
+        want = trainer.fit_q_hat(state, trainer.variance_rewards(state), args.learning_rate)[0].params["q_hat"]
+        assert jax.tree.all(jax.tree.map(lambda a, b: bool(jax.numpy.allclose(a, b)), got, want))
+        assert not jax.tree.all(jax.tree.map(lambda a, b: bool(jax.numpy.allclose(a, b)), got, state.params["q_hat"]))
