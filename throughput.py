@@ -198,6 +198,13 @@ def measure(script: str, script_argv: list[str], bench: Bench) -> dict:
     )
 
 
+def write_json(path: str, result: dict) -> None:
+    """A benchmark's figures as JSON at path (its folder created if needed)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+
+
 def split_argv(argv: list[str], tool: str, bench_type):
     """A benchmark's command line, `[its flags] SCRIPT.py [the script's flags]`: (the tool's parsed
     flags, the script's name, the script's flags). The script is the first argument naming one of
@@ -234,9 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"  training / ceiling: {result['ratio']:.3f}   training / bare: {result['bare_ratio']:.3f}   "
           f"ceiling / bare: {result['ceiling_bare_ratio']:.3f}", flush=True)
     if bench.out:
-        os.makedirs(os.path.dirname(os.path.abspath(bench.out)), exist_ok=True)
-        with open(bench.out, "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(bench.out, result)
     return result
 
 

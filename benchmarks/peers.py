@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-import json
 import math
 import os
 import shutil
@@ -376,6 +375,7 @@ def main(argv: list[str] | None = None) -> dict:
     # compile with the same options (XLA_FLAGS printed).
     import ppo
     import runner
+    from throughput import write_json
 
     try:
         import rejax  # noqa: F401
@@ -445,9 +445,7 @@ def main(argv: list[str] | None = None) -> dict:
         ppo_checkpoints="on" if bench.checkpoint_every else "off",
     )
     if bench.out:
-        os.makedirs(os.path.dirname(os.path.abspath(bench.out)), exist_ok=True)
-        with open(bench.out, "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(bench.out, result)
         print(f"figures in {bench.out}")
     return result
 

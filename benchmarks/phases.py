@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import runner  # noqa: E402  (its CPU compilation options, before anything compiles)
-from throughput import compile_program, split_argv, time_interleaved  # noqa: E402
+from throughput import compile_program, split_argv, time_interleaved, write_json  # noqa: E402
 
 
 @dataclass
@@ -116,9 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  {'the rest':10s} {r['rest_seconds'] * 1e3:10.1f} ms  {r['rest_seconds'] / total:6.1%}  "
           "(the iteration less the phases: estimator, PPO update, statistics)", flush=True)
     if bench.out:
-        os.makedirs(os.path.dirname(os.path.abspath(bench.out)), exist_ok=True)
-        with open(bench.out, "w") as f:
-            json.dump(r, f, indent=2)
+        write_json(bench.out, r)
     return r
 
 

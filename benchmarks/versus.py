@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import os
 import shlex
 import sys
@@ -40,7 +39,7 @@ if ROOT not in sys.path:
 # runner.CPU_THREEFRY_UNROLLED) before anything compiles, so every variant, of any checkout,
 # compiles with the same options.
 import runner  # noqa: E402, F401
-from throughput import compile_program, time_interleaved, training_program  # noqa: E402
+from throughput import compile_program, time_interleaved, training_program, write_json  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -138,9 +137,9 @@ def main(argv: list[str] | None = None) -> dict:
               f"(median of {args.repeats}; {seconds / first:.2f}x the first's time; compile "
               f"{p['compile_seconds']:.1f}s)  {p['path']}", flush=True)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(dict(flags=args.flags, extra=extra, xla_flags=os.environ.get("XLA_FLAGS", ""), iterations=args.iterations, repeats=args.repeats,
-                           device=str(jax.devices()[0]), variants=result), f, indent=2)
+        write_json(args.out, dict(flags=args.flags, extra=extra, xla_flags=os.environ.get("XLA_FLAGS", ""),
+                                  iterations=args.iterations, repeats=args.repeats, device=str(jax.devices()[0]),
+                                  variants=result))
     return result
 
 
