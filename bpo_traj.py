@@ -23,8 +23,9 @@ gamma^2 (Liu & Zhang 2024). One iteration:
   7. update_mu: mu towards pi sqrt(q_hat) (eq. 14 discrete, 15 continuous)
 
 With --no-bpo, mu is pi at every rollout and steps 4-7 are skipped: the run is ppo.py's (the
-same random numbers, the same metrics up to float rounding; tests/test_no_bpo.py). As in ppo.py, all of training runs inside `jax.lax.scan` under `jit`, vmapped over
-seeds; runner.py drives it from the host.
+same random numbers, the same metrics up to float rounding; tests/test_no_bpo.py). As in ppo.py,
+all of training runs inside `jax.lax.scan` under `jit`, vmapped over seeds; runner.py drives it
+from the host.
 
     python bpo_traj.py                                            # CartPole-v1, 4 seeds
     python bpo_traj.py --preset cartpole_ppo ppo_bpo_zero1.5_traj  # a base preset plus a BPO add-on
@@ -44,14 +45,16 @@ import optax
 
 import envs
 import runner
+import training
+
+runner.configure_jax()  # jax's CPU compilation options (runner.py); no effect on other platforms
 
 
 # ----------------------------------------------------------------------------------------------
 # Networks: pi and mu (same architecture; mu starts as a copy of pi), V, Q and q_hat
 # ----------------------------------------------------------------------------------------------
 def dense(features: int, kernel_init: str, scale: float) -> nn.Dense:
-    init = (nn.initializers.orthogonal(scale) if kernel_init == "orthogonal"
-            else nn.initializers.lecun_normal())
+    init = nn.initializers.orthogonal(scale) if kernel_init == "orthogonal" else nn.initializers.lecun_normal()
     return nn.Dense(features, kernel_init=init, bias_init=nn.initializers.zeros)
 
 
@@ -121,8 +124,15 @@ class QNet(nn.Module):
     def __call__(self, obs, action=None):
         discrete = self.action_spec.discrete
         x = obs if discrete else jnp.concatenate([obs, action], -1)
-        out = MLP(self.hidden_sizes, self.action_spec.n if discrete else 1, self.activation,
-                  self.kernel_init, 1.0, self.layer_norm, self.zero_init)(x)
+        out = MLP(
+            self.hidden_sizes,
+            self.action_spec.n if discrete else 1,
+            self.activation,
+            self.kernel_init,
+            1.0,
+            self.layer_norm,
+            self.zero_init,
+        )(x)
         if not discrete:
             out = out.squeeze(-1)
         elif action is not None:
@@ -221,9 +231,11 @@ def trajectory_clipped_returns(rewards, values, dones, last_value, log_pi, log_m
 
     adv, weight_sum, num_clipped = jax.lax.map(block, jnp.arange(num_blocks) * chunk)
     adv = adv.reshape(num_blocks * chunk, E)[:T]
-    clipped = dict(rho_clip_frac=jnp.mean(jnp.exp(log_ratio) > clip_rho),
-                   c_clip_frac=jnp.sum(num_clipped) / num_pairs,
-                   effective_horizon=jnp.sum(weight_sum) / (T * E))
+    clipped = dict(
+        rho_clip_frac=jnp.mean(jnp.exp(log_ratio) > clip_rho),
+        c_clip_frac=jnp.sum(num_clipped) / num_pairs,
+        effective_horizon=jnp.sum(weight_sum) / (T * E),
+    )
     return values + rho * adv, adv, rho, clipped
 
 
@@ -262,7 +274,9 @@ def ppo_loss(params, apply_actor, apply_critic, spec, batch, clip_coef, ent_coef
     ent = entropy(spec, dist).mean()
     loss = pg_loss + args.vf_coef * v_loss - ent_coef * ent
     stats = dict(
-        pg_loss=pg_loss, v_loss=v_loss, entropy=ent,
+        pg_loss=pg_loss,
+        v_loss=v_loss,
+        entropy=ent,
         approx_kl=jnp.mean(ratio - 1 - log_ratio),  # Schulman's k3 estimator of KL(old || new)
         clip_frac=jnp.mean(jnp.abs(ratio - 1) > clip_coef),
     )
@@ -316,55 +330,178 @@ class Replay(NamedTuple):
     size: jax.Array  # filled slots: always the first `size`
 
 
+REPLAY_DATA = Replay._fields[:-2]  # the per-transition fields
+
+
 def replay_init(capacity: int, obs_shape, spec: envs.ActionSpec) -> Replay:
     action = jnp.zeros((capacity,), jnp.int32) if spec.discrete else jnp.zeros((capacity, spec.n))
     z = jnp.zeros(capacity)
-    return Replay(jnp.zeros((capacity,) + obs_shape), action, z, z, z,
-                  jnp.zeros((capacity,) + obs_shape), z, jnp.int32(0), jnp.int32(0))
+    return Replay(
+        jnp.zeros((capacity,) + obs_shape),
+        action,
+        z,
+        z,
+        z,
+        jnp.zeros((capacity,) + obs_shape),
+        z,
+        jnp.int32(0),
+        jnp.int32(0),
+    )
 
 
-def replay_add(rb: Replay, new: Replay) -> Replay:
-    """Append n transitions (leading axis of `new`'s arrays), overwriting the oldest."""
-    capacity, n = rb.reward.shape[0], new.reward.shape[0]
-    fields = Replay._fields[:-2]
+def replay_add(rb: Replay, **new: jax.Array) -> Replay:
+    """Append n transitions, one array per field of REPLAY_DATA (leading axis n), overwriting the
+    oldest."""
+    capacity, n = rb.reward.shape[0], new["reward"].shape[0]
     if n >= capacity:  # the newest `capacity` transitions fill the buffer
-        return Replay(*(getattr(new, f)[n - capacity:] for f in fields), jnp.int32(0), jnp.int32(capacity))
+        return Replay(*(new[f][n - capacity :] for f in REPLAY_DATA), jnp.int32(0), jnp.int32(capacity))
     idx = (rb.ptr + jnp.arange(n)) % capacity
-    data = (getattr(rb, f).at[idx].set(getattr(new, f)) for f in fields)
+    data = (getattr(rb, f).at[idx].set(new[f]) for f in REPLAY_DATA)
     return Replay(*data, (rb.ptr + n) % capacity, jnp.minimum(rb.size + n, capacity))
 
 
 def replay_minibatches(key, size, capacity: int, minibatch_size: int, epochs: int):
     """`epochs` passes over the `size` filled slots in random order, as [epochs * M,
-    minibatch_size] indices and 0/1 weights with M = ceil(capacity / minibatch_size): slots past
-    `size` (a buffer still filling, the tail of the last minibatch) get weight 0, so shapes are
-    static and no transition is dropped or counted twice."""
+    minibatch_size] indices and 0/1 weights (`valid`) with M = ceil(capacity / minibatch_size):
+    slots past `size` (a buffer still filling, the tail of the last minibatch) get weight 0, so
+    shapes are static and no transition is dropped or counted twice."""
     m = -(-capacity // minibatch_size)
 
     def one_epoch(k):
-        order = runner.permutation(k, capacity, first=jnp.arange(capacity) < size)  # the filled slots first, shuffled
+        order = training.permutation(k, capacity, first=jnp.arange(capacity) < size)  # the filled slots first
         order = jnp.resize(order, m * minibatch_size)  # repeated cyclically; the repeats get weight 0
-        weight = (jnp.arange(m * minibatch_size) < size).astype(jnp.float32)
-        return order.reshape(m, minibatch_size), weight.reshape(m, minibatch_size)
+        valid = (jnp.arange(m * minibatch_size) < size).astype(jnp.float32)
+        return order.reshape(m, minibatch_size), valid.reshape(m, minibatch_size)
 
-    idx, w = jax.vmap(one_epoch)(jax.random.split(key, epochs))
-    return idx.reshape(epochs * m, minibatch_size), w.reshape(epochs * m, minibatch_size)
+    idx, valid = jax.vmap(one_epoch)(jax.random.split(key, epochs))
+    return idx.reshape(epochs * m, minibatch_size), valid.reshape(epochs * m, minibatch_size)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fitted Q evaluation (FQE) of pi on the replay buffer: Q (step 4) and q_hat (step 6)
+# ----------------------------------------------------------------------------------------------
+def q_value(net: QNet, params, obs, action, symlog_targets):
+    """The value of a Q head at (s, a) (discrete, no action: at every action), in value space."""
+    out = net.apply(params, obs, action)
+    return symexp(out) if symlog_targets else out
+
+
+def apply_update(tx, params, opt_state, grads, lr):
+    """One step of `tx` (gradient clipping and Adam's direction) scaled by the learning rate lr."""
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return jax.tree.map(lambda p, u: p - lr * u, params, updates), opt_state
+
+
+class FQEData(NamedTuple):
+    """What both FQE phases and the variance rewards read, computed once per iteration (pi, the
+    replay buffer and the observation statistics do not change between them)."""
+
+    obs: jax.Array  # s, normalised
+    next_obs: jax.Array  # s', normalised
+    pi_next: Any  # pi(.|s')
+    mask: jax.Array  # 1 - done + truncated: 1 where the target bootstraps from s'
+    w_td: jax.Array  # clip(pi(a|s) / mu(a|s), 0.1, 10), the TD weights of weight_td
+
+
+class QHead(NamedTuple):
+    """One action-value head as FQE fits it: Q, or q_hat."""
+
+    params: Any
+    target: Any  # its target network
+    opt_state: Any
+
+
+def fqe(
+    args, spec, net: QNet, tx, head: QHead, data: FQEData, replay: Replay, reward, discount, r_lo, r_hi, lr, key
+) -> tuple[QHead, dict]:
+    """FQE of one Q head (Q or q_hat) for the current pi (docs/algorithm.md eq. 13):
+        y = reward + discount * (1 - done + truncated) * E_{a' ~ pi(.|s')} Q'(s', a'),
+    (discrete: the exact expectation; continuous: one sample a') regressed by Q(s, a), with
+    Q' the target network (symlog_targets: y from the online network, regressed in symlog
+    space, plus symlog_reg_coef * (Q - Q')^2); weight_td weights each TD error by
+    clip(pi/mu, 0.1, 10) normalised to mean 1; clip_targets clips y to the range of any
+    discounted return, [min(r_lo, 0), max(r_hi, 0)] / (1 - discount). (The reference clips to
+    [r_lo, r_hi] / (1 - discount), which assumes episodes never end: with rewards >= r_lo > 0,
+    as in CartPole, it lifts every target to r_lo / (1 - discount) and flattens Q.)
+    fqe_epochs passes over the buffer in minibatches of fqe_minibatch_size, the Adam step of `tx`
+    at rate lr. Returns the fitted head and its statistics: the mean loss, the fraction of targets
+    clipped and the mean of the head over the buffer."""
+    k_next, k_mb = jax.random.split(key)
+    a_next = None if spec.discrete else sample(spec, data.pi_next, k_next)  # fixed for the phase, its own
+    lo, hi = jnp.minimum(r_lo, 0.0) / (1.0 - discount), jnp.maximum(r_hi, 0.0) / (1.0 - discount)
+
+    def next_value(params, idx):
+        if spec.discrete:
+            q_next = q_value(net, params, data.next_obs[idx], None, args.symlog_targets)
+            return jnp.sum(jax.nn.softmax(data.pi_next[idx]) * q_next, -1)
+        return q_value(net, params, data.next_obs[idx], a_next[idx], args.symlog_targets)
+
+    def minibatch_step(head, x):
+        params, target, opt_state = head
+        idx, valid = x
+        y = reward[idx] + discount * data.mask[idx] * next_value(params if args.symlog_targets else target, idx)
+        clipped = jnp.sum(valid * ((y < lo) | (y > hi))) / jnp.sum(valid)
+        # jnp.where, not if, for the flags a sweep may vary (traced values; see runner.py --sweep)
+        y = jax.lax.stop_gradient(jnp.where(args.clip_targets, jnp.clip(y, lo, hi), y))
+        w_td = data.w_td[idx]
+        weight = jnp.where(args.weight_td, valid * w_td / (jnp.sum(valid * w_td) / jnp.sum(valid)), valid)
+
+        def loss_fn(params):
+            out = net.apply(params, data.obs[idx], replay.action[idx])
+            if not args.symlog_targets:
+                return jnp.sum(weight * (out - y) ** 2) / jnp.sum(valid)
+            reg = (out - jax.lax.stop_gradient(net.apply(target, data.obs[idx], replay.action[idx]))) ** 2
+            return (jnp.sum(weight * (out - symlog(y)) ** 2) + args.symlog_reg_coef * jnp.sum(valid * reg)) / jnp.sum(
+                valid
+            )
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        params, opt_state = apply_update(tx, params, opt_state, grads, lr)
+        target = optax.incremental_update(params, target, args.polyak_tau)  # tau = 0: target unchanged
+        return QHead(params, target, opt_state), dict(loss=loss, target_clipped=clipped, steps=jnp.ones(()))
+
+    def maybe_step(head, x):  # minibatches holding no filled slot do nothing
+        skip = lambda h, x: (h, dict(loss=jnp.zeros(()), target_clipped=jnp.zeros(()), steps=jnp.zeros(())))  # noqa: E731
+        return jax.lax.cond(jnp.sum(x[1]) > 0, minibatch_step, skip, head, x)
+
+    mbs = replay_minibatches(k_mb, replay.size, args.replay_size, args.fqe_minibatch_size, args.fqe_epochs)
+    (params, target, opt_state), out = jax.lax.scan(maybe_step, head, mbs)
+    # polyak_tau = 0: a hard copy at the end of the phase
+    target = jax.tree.map(lambda p, t: jnp.where(args.polyak_tau == 0, p, t), params, target)
+    steps = jnp.maximum(out["steps"].sum(), 1.0)
+    filled = jnp.arange(args.replay_size) < replay.size
+    value = q_value(net, params, data.obs, replay.action, args.symlog_targets)
+    stats = dict(
+        loss=out["loss"].sum() / steps,
+        target_clip_frac=out["target_clipped"].sum() / steps,
+        mean=jnp.sum(filled * value) / replay.size,
+    )
+    return QHead(params, target, opt_state), stats
 
 
 # ----------------------------------------------------------------------------------------------
 # Training: one seed; runner.py vmaps it over seeds
 # ----------------------------------------------------------------------------------------------
-class Transition(NamedTuple):
+class Step(NamedTuple):  # what the rollout records at each step
     obs: jax.Array  # raw observation (normalised on use with the rollout's frozen statistics)
     action: jax.Array  # a ~ mu(.|s)
+    reward: jax.Array  # the (scaled) environment reward
+    done: jax.Array  # 1 where the step ends an episode (terminated or truncated)
+    truncated: jax.Array  # 1 where it ends by the time limit
+    final_obs: jax.Array  # the true next observation (before any reset)
+
+
+class Transition(NamedTuple):  # a rollout, [T, E], as the estimator and the replay buffer read it
+    obs: jax.Array
+    action: jax.Array
     log_mu: jax.Array  # log mu(a|s), as of collection
     log_pi: jax.Array  # log pi(a|s), as of collection
     value: jax.Array  # V(s), as of collection
     reward: jax.Array  # (scaled) env reward, plus gamma * V(final obs) at a truncation
-    done: jax.Array  # the step ends an episode (terminated or truncated)
+    done: jax.Array
     env_reward: jax.Array  # (scaled) env reward alone, for the replay buffer
     truncated: jax.Array
-    final_obs: jax.Array  # the true next observation (before any reset)
+    final_obs: jax.Array
 
 
 class Batch(NamedTuple):  # what the PPO update reads
@@ -403,8 +540,8 @@ class Trainer(NamedTuple):
     update_mu: Any  # (TrainState, lr) -> (TrainState, stats)
     q_value: Any  # (QNet, params, normalised obs, action) -> Q(s,a) in value space
     variance_probe: Any  # (TrainState, key) -> probe metrics
-    train_chunk: Any  # (TrainState, num_active) -> (TrainState, metrics of the chunk)
-    iters_per_chunk: int
+    train_interval: Any  # (TrainState, num_active) -> (TrainState, metrics of the interval)
+    iters_per_interval: int
     num_iterations: int
     actor: nn.Module
     critic: nn.Module
@@ -413,8 +550,16 @@ class Trainer(NamedTuple):
 
 
 LAST_VALUE_METRICS = ("r_max", "r_min", "r_hat_max")  # reported as of the end of an interval
-BPO_PHASE_METRICS = ("q_loss", "q_target_clip_frac", "q_mean", "q_hat_loss", "q_hat_target_clip_frac",
-                     "q_hat_mean", "r_hat_mean", "mu_loss")  # not computed (nan) with --no-bpo
+BPO_PHASE_METRICS = (
+    "q_loss",
+    "q_target_clip_frac",
+    "q_mean",
+    "q_hat_loss",
+    "q_hat_target_clip_frac",
+    "q_hat_mean",
+    "r_hat_mean",
+    "mu_loss",
+)  # not computed (nan) with --no-bpo
 
 
 def make_train(args: Args, env: envs.Env) -> Trainer:
@@ -422,37 +567,31 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
     batch_size = args.num_envs * args.num_steps
     num_minibatches = batch_size // args.minibatch_size
     num_iterations = args.total_timesteps // batch_size
-    iters_per_chunk = max(1, min(args.eval_every // batch_size, num_iterations))
-    # the probe's segments: until gamma^t < 0.01 (the discounted tail left out is under 1% of a
-    # constant reward's), at most an episode
-    probe_horizon = (args.variance_probe_horizon or min(
-        env.max_episode_steps, int(np.ceil(np.log(0.01) / np.log(args.gamma))) if args.gamma < 1 else env.max_episode_steps)) if args.variance_probe else 0
+    iters_per_interval = max(1, min(args.eval_every // batch_size, num_iterations))
     actor = Actor(spec, args.hidden_sizes, args.actor_activation, args.kernel_init, args.log_std_init)
     critic = Critic(args.critic_hidden_sizes or args.hidden_sizes, args.critic_activation, args.kernel_init)
-    q_args = (spec, args.q_hidden_sizes, args.critic_activation, args.q_kernel_init,
-              args.q_layer_norm, args.q_zero_init)
+    q_args = (
+        spec,
+        args.q_hidden_sizes,
+        args.critic_activation,
+        args.q_kernel_init,
+        args.q_layer_norm,
+        args.q_zero_init,
+    )
     q_net, q_hat_net = QNet(*q_args, positive=False), QNet(*q_args, positive=True)
     # Every network: Adam with global-norm clipping. pi and V (one optimizer, as in ppo.py): with
     # anneal_lr the rate decays linearly per optimizer step over minibatches x epochs x
-    # iterations. mu and the Q heads: their rate is applied in `apply` and decays with training
-    # progress, so all reach zero at the end of training (the reference decays each by its own
-    # step count against the PPO update's total, so mu's and the Q heads' rates reach zero early).
-    decay = optax.linear_schedule(args.learning_rate, 0.0, num_iterations * args.num_epochs * num_minibatches)
-    lr_ppo = lambda count: jnp.where(args.anneal_lr, decay(count), args.learning_rate)  # noqa: E731
-    tx_ppo = optax.chain(optax.clip_by_global_norm(args.max_grad_norm), optax.adam(lr_ppo, eps=args.adam_eps))
-    tx = optax.chain(optax.clip_by_global_norm(args.max_grad_norm), optax.scale_by_adam(eps=args.adam_eps))
+    # iterations. mu and the Q heads (tx_phase): their rate, phase_lr, is applied in apply_update and
+    # decays with training progress, so all reach zero at the end of training (the reference decays
+    # each by its own step count against the PPO update's total, so mu's and the Q heads' rates
+    # reach zero early).
+    decayed_lr = optax.linear_schedule(args.learning_rate, 0.0, num_iterations * args.num_epochs * num_minibatches)
+    pi_v_lr = lambda count: jnp.where(args.anneal_lr, decayed_lr(count), args.learning_rate)  # noqa: E731
+    tx_pi_v = optax.chain(optax.clip_by_global_norm(args.max_grad_norm), optax.adam(pi_v_lr, eps=args.adam_eps))
+    tx_phase = optax.chain(optax.clip_by_global_norm(args.max_grad_norm), optax.scale_by_adam(eps=args.adam_eps))
 
-    def apply(params, opt_state, grads, lr):
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return jax.tree.map(lambda p, u: p - lr * u, params, updates), opt_state
-
-    def norm(state, obs):
+    def normalize(state, obs):
         return envs.normalize_obs(state.obs_rms, obs) if args.normalize_obs else obs
-
-    def q_value(net, params, obs, action=None):
-        """The value of a Q head at (s, a) (discrete, no action: at every action)."""
-        out = net.apply(params, obs, action)
-        return symexp(out) if args.symlog_targets else out
 
     def init(key):
         k_pi, k_v, k_env, k_train = jax.random.split(key, 4)  # as ppo.py: --no-bpo draws its numbers
@@ -461,35 +600,65 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         pi, v = actor.init(k_pi, dummy_obs), critic.init(k_v, dummy_obs)
         q, q_hat = q_net.init(k_q, dummy_obs, dummy_action), q_hat_net.init(k_q_hat, dummy_obs, dummy_action)
         params = dict(pi=pi, mu=pi, v=v, q=q, q_target=q, q_hat=q_hat, q_hat_target=q_hat)
-        opt_state = dict(ppo=tx_ppo.init({"pi": pi, "v": v}), mu=tx.init(pi), q=tx.init(q), q_hat=tx.init(q_hat))
+        opt_state = dict(
+            ppo=tx_pi_v.init({"pi": pi, "v": v}), mu=tx_phase.init(pi), q=tx_phase.init(q), q_hat=tx_phase.init(q_hat)
+        )
         obs, env_state = jax.vmap(env.reset)(jax.random.split(k_env, args.num_envs))
         inf = jnp.float32(jnp.inf)
-        return TrainState(params, opt_state, replay_init(args.replay_size, env.obs_shape, spec), env_state,
-                          obs, envs.rms_init(env.obs_shape), envs.reward_scaler_init(args.num_envs), k_train,
-                          jnp.int32(0), -inf, inf, -inf)
+        return TrainState(
+            params,
+            opt_state,
+            replay_init(args.replay_size, env.obs_shape, spec),
+            env_state,
+            obs,
+            envs.rms_init(env.obs_shape),
+            envs.reward_scaler_init(args.num_envs),
+            k_train,
+            jnp.int32(0),
+            -inf,
+            inf,
+            -inf,
+        )
 
     # One iteration: steps 1-7 -------------------------------------------------------------------
     def iteration(state):
-        learning_rate = lr_ppo(state.iteration * args.num_epochs * num_minibatches)  # pi's and V's
-        lr = jnp.where(args.anneal_lr, args.learning_rate * (1.0 - state.iteration / num_iterations), args.learning_rate)
+        lr_now = pi_v_lr(state.iteration * args.num_epochs * num_minibatches)
+        phase_lr = jnp.where(
+            args.anneal_lr, args.learning_rate * (1.0 - state.iteration / num_iterations), args.learning_rate
+        )
         state, traj, (done, ep_return, ep_length, discounted_return) = rollout(state)  # 1.
-        last_value = critic.apply(state.params["v"], norm(state, state.obs))
-        vs, adv, rho, clipped = trajectory_clipped_returns(traj.reward, traj.value, traj.done, last_value, traj.log_pi,
-                                                           traj.log_mu, args.gamma, args.gae_lambda, args.clip_rho,
-                                                           args.clip_c)  # 2.
+        last_value = critic.apply(state.params["v"], normalize(state, state.obs))
+        vs, adv, rho, clipped = trajectory_clipped_returns(
+            traj.reward,
+            traj.value,
+            traj.done,
+            last_value,
+            traj.log_pi,
+            traj.log_mu,
+            args.gamma,
+            args.gae_lambda,
+            args.clip_rho,
+            args.clip_c,
+        )  # 2.
         # weight_on_adv: the surrogate's ratio against pi_old, rho folded into the advantage
-        batch = Batch(norm(state, traj.obs), traj.action, jnp.where(args.weight_on_adv, traj.log_pi, traj.log_mu),
-                      traj.value, jnp.where(args.weight_on_adv, adv * rho, adv), vs)
+        batch = Batch(
+            normalize(state, traj.obs),
+            traj.action,
+            jnp.where(args.weight_on_adv, traj.log_pi, traj.log_mu),
+            traj.value,
+            jnp.where(args.weight_on_adv, adv * rho, adv),
+            vs,
+        )
         state, stats = ppo_update(state, batch)  # 3.
         if args.no_bpo:  # mu is pi for the next rollout; steps 4-7 are skipped
             state = state._replace(params={**state.params, "mu": state.params["pi"]})
             stats.update({k: jnp.float32(jnp.nan) for k in BPO_PHASE_METRICS})
         else:
-            shared = fqe_inputs(state)  # what 4.-6. read, once (pi is not updated by them)
-            state, q_stats = fit_q(state, lr, shared)  # 4.
-            r_hat = variance_rewards(state, shared)  # 5.
-            state, q_hat_stats = fit_q_hat(state, r_hat, lr, shared)  # 6.
-            state, mu_stats = update_mu(state, lr)  # 7.
+            data = fqe_inputs(state)  # what 4.-6. read, once (pi is not updated by them)
+            state, q_stats = fit_q(state, phase_lr, data)  # 4.
+            r_hat = variance_rewards(state, data)  # 5.
+            state, q_hat_stats = fit_q_hat(state, r_hat, phase_lr, data)  # 6.
+            state, mu_stats = update_mu(state, phase_lr)  # 7.
             stats.update(**q_stats, **q_hat_stats, **mu_stats)
         # Statistics for the next rollout, from this one's observations and returns.
         obs_rms, scaler = state.obs_rms, state.reward_scaler
@@ -503,13 +672,18 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         residual = vs - traj.value
         stats.update(
             **clipped,
-            learning_rate=learning_rate,
+            learning_rate=lr_now,
             explained_variance=1.0 - residual.var() / (vs.var() + 1e-8),
-            ratio_mean=ratio.mean(), ratio_max=ratio.max(),
+            ratio_mean=ratio.mean(),
+            ratio_max=ratio.max(),
             kl_mu_pi=jnp.mean(traj.log_mu - traj.log_pi),  # E_mu[log mu - log pi] = KL(mu || pi)
             ess=ratio.sum() ** 2 / (ratio.size * jnp.sum(ratio**2)),  # effective sample size / n
-            r_max=state.r_max, r_min=state.r_min, r_hat_max=state.r_hat_max,
-            episodes=done.sum(), return_sum=jnp.sum(done * ep_return), length_sum=jnp.sum(done * ep_length),
+            r_max=state.r_max,
+            r_min=state.r_min,
+            r_hat_max=state.r_hat_max,
+            episodes=done.sum(),
+            return_sum=jnp.sum(done * ep_return),
+            length_sum=jnp.sum(done * ep_length),
         )
         return state, stats
 
@@ -522,7 +696,7 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         def step(carry, t):
             env_state, obs, scaler, noise, key = carry
             key, k_act, k_env = jax.random.split(key, 3)
-            mu_dist = actor.apply(p["mu"], norm(state, obs))
+            mu_dist = actor.apply(p["mu"], normalize(state, obs))
             if args.noise_hold_steps > 1:  # one noise draw per environment, held for noise_hold_steps steps (eq. 16)
                 noise = jnp.where(t % args.noise_hold_steps == 0, jax.random.normal(k_act, noise.shape), noise)
                 action = mu_dist[0] + jnp.exp(mu_dist[1]) * noise
@@ -535,31 +709,54 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
             scaler, discounted_return = envs.track_returns(scaler, reward, done, args.gamma)
             if args.normalize_reward:
                 reward = envs.scale_reward(scaler, reward)
-            transition = Transition(obs, action, None, None, None, None, done.astype(jnp.float32), reward,
-                                    ts.truncated.astype(jnp.float32), ts.final_obs)
+            recorded = Step(
+                obs, action, reward, done.astype(jnp.float32), ts.truncated.astype(jnp.float32), ts.final_obs
+            )
             episodes = (done, ts.episode_return, ts.episode_length, discounted_return)
-            return (ts.state, ts.obs, scaler, noise, key), (transition, episodes)
+            return (ts.state, ts.obs, scaler, noise, key), (recorded, episodes)
 
         noise = jnp.zeros((args.num_envs, spec.n))
-        (env_state, obs, scaler, _, key), (traj, episodes) = jax.lax.scan(
-            step, (state.env_state, state.obs, state.reward_scaler, noise, state.key), jnp.arange(args.num_steps))
+        (env_state, obs, scaler, _, key), (steps, episodes) = jax.lax.scan(
+            step, (state.env_state, state.obs, state.reward_scaler, noise, state.key), jnp.arange(args.num_steps)
+        )
         # mu, pi and V are fixed during the rollout, so log mu, log pi and V are computed once for all
         # [T, E] observations after it (a batched pass, not one per step; with mu = pi, log mu and log
         # pi are then the same numbers, bitwise). A truncated episode did not end: its reward
         # bootstraps from V of the TRUE final observation (eq. 4).
-        obs_n = norm(state, traj.obs)
-        traj = traj._replace(
-            log_mu=log_prob(spec, actor.apply(p["mu"], obs_n), traj.action),
-            log_pi=log_prob(spec, actor.apply(p["pi"], obs_n), traj.action), value=critic.apply(p["v"], obs_n),
-            reward=traj.env_reward + args.gamma * traj.truncated * critic.apply(p["v"], norm(state, traj.final_obs)))
-        flat = lambda x: x.reshape((batch_size,) + x.shape[2:])
-        replay = replay_add(state.replay, Replay(
-            flat(traj.obs), flat(traj.action), flat(traj.env_reward), flat(traj.done), flat(traj.truncated),
-            flat(traj.final_obs), flat(traj.log_mu), None, None))
+        obs_n = normalize(state, steps.obs)
+        bootstrap = args.gamma * steps.truncated * critic.apply(p["v"], normalize(state, steps.final_obs))
+        traj = Transition(
+            obs=steps.obs,
+            action=steps.action,
+            log_mu=log_prob(spec, actor.apply(p["mu"], obs_n), steps.action),
+            log_pi=log_prob(spec, actor.apply(p["pi"], obs_n), steps.action),
+            value=critic.apply(p["v"], obs_n),
+            reward=steps.reward + bootstrap,
+            done=steps.done,
+            env_reward=steps.reward,
+            truncated=steps.truncated,
+            final_obs=steps.final_obs,
+        )
+        flat = lambda x: x.reshape((batch_size,) + x.shape[2:])  # noqa: E731
+        replay = replay_add(
+            state.replay,
+            obs=flat(traj.obs),
+            action=flat(traj.action),
+            reward=flat(traj.env_reward),
+            done=flat(traj.done),
+            truncated=flat(traj.truncated),
+            next_obs=flat(traj.final_obs),
+            log_mu=flat(traj.log_mu),
+        )
         state = state._replace(
-            env_state=env_state, obs=obs, reward_scaler=scaler, key=key, replay=replay,
+            env_state=env_state,
+            obs=obs,
+            reward_scaler=scaler,
+            key=key,
+            replay=replay,
             r_max=jnp.maximum(state.r_max, traj.env_reward.max()),
-            r_min=jnp.minimum(state.r_min, traj.env_reward.min()))
+            r_min=jnp.minimum(state.r_min, traj.env_reward.min()),
+        )
         return state, traj, episodes
 
     # 3. PPO update of pi and V -------------------------------------------------------------------
@@ -574,121 +771,86 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         def minibatch_step(carry, mb):
             params, opt_state = carry
             grads, stats = grad_fn(params, actor.apply, critic.apply, spec, mb, clip_coef, ent_coef, args)
-            updates, opt_state = tx_ppo.update(grads, opt_state, params)
+            updates, opt_state = tx_pi_v.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), stats
 
         def epoch(carry, key):
-            perm = runner.permutation(key, batch_size)  # uniformly random (faster on a CPU than jax.random.permutation)
+            perm = training.permutation(key, batch_size)
             mbs = jax.tree.map(lambda x: x[perm].reshape((num_minibatches, -1) + x.shape[1:]), flat)
             return jax.lax.scan(minibatch_step, carry, mbs)
 
         key, k_perm = jax.random.split(state.key)
         pi_v = {"pi": state.params["pi"], "v": state.params["v"]}
-        (pi_v, opt), stats = jax.lax.scan(epoch, (pi_v, state.opt_state["ppo"]),
-                                          jax.random.split(k_perm, args.num_epochs))
+        (pi_v, opt), stats = jax.lax.scan(
+            epoch, (pi_v, state.opt_state["ppo"]), jax.random.split(k_perm, args.num_epochs)
+        )
         stats = jax.tree.map(jnp.mean, stats)
         stats["clip_coef"] = jnp.float32(clip_coef)
-        return state._replace(params={**state.params, **pi_v}, opt_state={**state.opt_state, "ppo": opt},
-                              key=key), stats
+        return state._replace(
+            params={**state.params, **pi_v}, opt_state={**state.opt_state, "ppo": opt}, key=key
+        ), stats
 
-    # 4. and 6. Fitted Q evaluation of pi on the replay buffer -------------------------------------
-    def fqe_inputs(state):
-        """What both FQE phases and the variance rewards read, computed once per iteration (pi, the
-        replay buffer and the observation statistics do not change between them): the normalised
-        observations and next observations, pi(.|s'), the bootstrap mask and the TD weights
-        clip(pi/mu, 0.1, 10) (used with weight_td)."""
+    # 4. and 6. Fitted Q evaluation of pi on the replay buffer (fqe) -------------------------------
+    def fqe_inputs(state) -> FQEData:
         rb, pi = state.replay, state.params["pi"]
-        obs, next_obs = norm(state, rb.obs), norm(state, rb.next_obs)
+        obs, next_obs = normalize(state, rb.obs), normalize(state, rb.next_obs)
         w_td = jnp.clip(jnp.exp(log_prob(spec, actor.apply(pi, obs), rb.action) - rb.log_mu), 0.1, 10.0)
-        return dict(obs=obs, next_obs=next_obs, pi_next=actor.apply(pi, next_obs),
-                    mask=1.0 - rb.done + rb.truncated, w_td=w_td)
+        return FQEData(
+            obs=obs, next_obs=next_obs, pi_next=actor.apply(pi, next_obs), mask=1.0 - rb.done + rb.truncated, w_td=w_td
+        )
 
-    def fqe(state, shared, net, params, target, opt_state, reward, discount, r_lo, r_hi, lr, key):
-        """FQE of one Q head (Q or q_hat) for the current pi (docs/algorithm.md eq. 13):
-            y = reward + discount * (1 - done + truncated) * E_{a' ~ pi(.|s')} Q'(s', a'),
-        (discrete: the exact expectation; continuous: one sample a') regressed by Q(s, a), with
-        Q' the target network (symlog_targets: y from the online network, regressed in symlog
-        space, plus symlog_reg_coef * (Q - Q')^2); weight_td weights each TD error by
-        clip(pi/mu, 0.1, 10) normalised to mean 1; clip_targets clips y to the range of any
-        discounted return, [min(r_lo, 0), max(r_hi, 0)] / (1 - discount). (The reference clips to
-        [r_lo, r_hi] / (1 - discount), which assumes episodes never end: with rewards >= r_lo > 0,
-        as in CartPole, it lifts every target to r_lo / (1 - discount) and flattens Q.)
-        `shared` is fqe_inputs(state). Returns the head's new params, target params, optimizer
-        state and its statistics."""
-        rb = state.replay
-        k_next, k_mb = jax.random.split(key)
-        obs, next_obs, pi_next, mask, w_td = (shared[k] for k in ("obs", "next_obs", "pi_next", "mask", "w_td"))
-        a_next = None if spec.discrete else sample(spec, pi_next, k_next)  # fixed for the phase, its own
-        lo, hi = jnp.minimum(r_lo, 0.0) / (1.0 - discount), jnp.maximum(r_hi, 0.0) / (1.0 - discount)
-
-        def next_value(params, idx):
-            if spec.discrete:
-                return jnp.sum(jax.nn.softmax(pi_next[idx]) * q_value(net, params, next_obs[idx]), -1)
-            return q_value(net, params, next_obs[idx], a_next[idx])
-
-        def minibatch_step(carry, x):
-            params, target, opt_state = carry
-            idx, w = x
-            y = reward[idx] + discount * mask[idx] * next_value(params if args.symlog_targets else target, idx)
-            clipped = jnp.sum(w * ((y < lo) | (y > hi))) / jnp.sum(w)
-            # jnp.where, not if, for the flags a sweep may vary (traced values; see runner.py --sweep)
-            y = jax.lax.stop_gradient(jnp.where(args.clip_targets, jnp.clip(y, lo, hi), y))
-            weight = jnp.where(args.weight_td, w * w_td[idx] / (jnp.sum(w * w_td[idx]) / jnp.sum(w)), w)
-
-            def loss_fn(params):
-                out = net.apply(params, obs[idx], rb.action[idx])
-                if not args.symlog_targets:
-                    return jnp.sum(weight * (out - y) ** 2) / jnp.sum(w)
-                reg = (out - jax.lax.stop_gradient(net.apply(target, obs[idx], rb.action[idx]))) ** 2
-                return (jnp.sum(weight * (out - symlog(y)) ** 2) + args.symlog_reg_coef * jnp.sum(w * reg)) / jnp.sum(w)
-
-            loss, grads = jax.value_and_grad(loss_fn)(params)
-            params, opt_state = apply(params, opt_state, grads, lr)
-            target = optax.incremental_update(params, target, args.polyak_tau)  # tau = 0: target unchanged
-            return (params, target, opt_state), jnp.stack([loss, clipped, 1.0])
-
-        def maybe_step(carry, x):  # minibatches holding no filled slot do nothing
-            skip = lambda c, x: (c, jnp.zeros(3))
-            return jax.lax.cond(jnp.sum(x[1]) > 0, minibatch_step, skip, carry, x)
-
-        mbs = replay_minibatches(k_mb, rb.size, args.replay_size, args.fqe_minibatch_size, args.fqe_epochs)
-        (params, target, opt_state), out = jax.lax.scan(maybe_step, (params, target, opt_state), mbs)
-        # polyak_tau = 0: a hard copy at the end of the phase
-        target = jax.tree.map(lambda p, t: jnp.where(args.polyak_tau == 0, p, t), params, target)
-        steps = jnp.maximum(out[:, 2].sum(), 1.0)
-        valid = jnp.arange(args.replay_size) < rb.size
-        stats = dict(loss=out[:, 0].sum() / steps, target_clip_frac=out[:, 1].sum() / steps,
-                     mean=jnp.sum(valid * q_value(net, params, obs, rb.action)) / rb.size)
-        return params, target, opt_state, stats
-
-    def fit_q(state, lr, shared=None):  # 4.
+    def fit_q(state, lr, data=None):  # 4.
         key, k = jax.random.split(state.key)
         p = state.params
-        shared = fqe_inputs(state) if shared is None else shared
-        q, q_target, opt, stats = fqe(state, shared, q_net, p["q"], p["q_target"], state.opt_state["q"],
-                                      state.replay.reward, args.gamma, state.r_min, state.r_max, lr, k)
-        state = state._replace(params={**p, "q": q, "q_target": q_target},
-                               opt_state={**state.opt_state, "q": opt}, key=key)
+        data = fqe_inputs(state) if data is None else data
+        head, stats = fqe(
+            args,
+            spec,
+            q_net,
+            tx_phase,
+            QHead(p["q"], p["q_target"], state.opt_state["q"]),
+            data,
+            state.replay,
+            state.replay.reward,
+            args.gamma,
+            state.r_min,
+            state.r_max,
+            lr,
+            k,
+        )
+        state = state._replace(
+            params={**p, "q": head.params, "q_target": head.target},
+            opt_state={**state.opt_state, "q": head.opt_state},
+            key=key,
+        )
         return state, {f"q_{k}": v for k, v in stats.items()}
 
     # 5. Variance rewards ------------------------------------------------------------------------
-    def variance_rewards(state, shared=None):
+    def variance_rewards(state, data=None):
         rb = state.replay
-        obs = norm(state, rb.obs) if shared is None else shared["obs"]
-        return variance_reward(rb.reward, q_value(q_net, state.params["q"], obs, rb.action))
+        obs = normalize(state, rb.obs) if data is None else data.obs
+        return variance_reward(rb.reward, q_value(q_net, state.params["q"], obs, rb.action, args.symlog_targets))
 
-    def fit_q_hat(state, r_hat, lr, shared=None):  # 6.
-        valid = jnp.arange(args.replay_size) < state.replay.size
-        r_hat_max = jnp.maximum(state.r_hat_max, jnp.max(jnp.where(valid, r_hat, -jnp.inf)))
+    def fit_q_hat(state, r_hat, lr, data=None):  # 6.
+        filled = jnp.arange(args.replay_size) < state.replay.size
+        r_hat_max = jnp.maximum(state.r_hat_max, jnp.max(jnp.where(filled, r_hat, -jnp.inf)))
         key, k = jax.random.split(state.key)
         p = state.params
-        shared = fqe_inputs(state) if shared is None else shared
-        q_hat, q_hat_target, opt, stats = fqe(state, shared, q_hat_net, p["q_hat"], p["q_hat_target"],
-                                              state.opt_state["q_hat"], r_hat, args.gamma**2, 1e-8, r_hat_max, lr, k)
-        state = state._replace(params={**p, "q_hat": q_hat, "q_hat_target": q_hat_target},
-                               opt_state={**state.opt_state, "q_hat": opt}, key=key, r_hat_max=r_hat_max)
-        return state, {**{f"q_hat_{k}": v for k, v in stats.items()},
-                       "r_hat_mean": jnp.sum(valid * r_hat) / state.replay.size}
+        data = fqe_inputs(state) if data is None else data
+        head = QHead(p["q_hat"], p["q_hat_target"], state.opt_state["q_hat"])
+        head, stats = fqe(
+            args, spec, q_hat_net, tx_phase, head, data, state.replay, r_hat, args.gamma**2, 1e-8, r_hat_max, lr, k
+        )
+        state = state._replace(
+            params={**p, "q_hat": head.params, "q_hat_target": head.target},
+            opt_state={**state.opt_state, "q_hat": head.opt_state},
+            key=key,
+            r_hat_max=r_hat_max,
+        )
+        return state, {
+            **{f"q_hat_{k}": v for k, v in stats.items()},
+            "r_hat_mean": jnp.sum(filled * r_hat) / state.replay.size,
+        }
 
     # 7. Behaviour update of mu towards pi sqrt(q_hat) ----------------------------------------------
     def update_mu(state, lr):
@@ -696,174 +858,245 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         q_hat floored at 1e-6 and, with clip_targets, capped at r_hat_max / (1 - gamma^2)."""
         rb, p = state.replay, state.params
         key, k_mb, k_a = jax.random.split(state.key, 3)
-        obs = norm(state, rb.obs)
+        obs = normalize(state, rb.obs)
         hi = state.r_hat_max / (1.0 - args.gamma**2)
 
         def q_hat_value(o, a=None):
-            q = q_value(q_hat_net, p["q_hat"], o, a)
+            q = q_value(q_hat_net, p["q_hat"], o, a, args.symlog_targets)
             return jnp.where(args.clip_targets, jnp.clip(q, 1e-6, hi), jnp.maximum(q, 1e-6))
 
         # pi and q_hat do not change in this phase: pi(.|s) (and, discrete, q_hat(s, .)) once per state
         pi_all = actor.apply(p["pi"], obs)
         q_hat_all = q_hat_value(obs) if spec.discrete else None
 
-        def loss_fn(mu, idx, w, k):
+        def loss_fn(mu, idx, valid, k):
             o = obs[idx]
             mu_dist, pi_dist = actor.apply(mu, o), jax.tree.map(lambda x: x[idx], pi_all)
             if spec.discrete:
                 per_state = mu_loss_discrete(mu_dist, jax.nn.log_softmax(pi_dist), q_hat_all[idx], args.ent_coef)
             else:
-                per_state = mu_loss_continuous(spec, mu_dist, pi_dist, lambda a: q_hat_value(o, a), k,
-                                               args.ent_coef, args.mu_policy_loss == "kl_qhat")
-            return jnp.sum(w * per_state) / jnp.sum(w)
+                per_state = mu_loss_continuous(
+                    spec,
+                    mu_dist,
+                    pi_dist,
+                    lambda a: q_hat_value(o, a),
+                    k,
+                    args.ent_coef,
+                    args.mu_policy_loss == "kl_qhat",
+                )
+            return jnp.sum(valid * per_state) / jnp.sum(valid)
 
         def minibatch_step(carry, x):
             mu, opt_state = carry
-            idx, w, k = x
-            loss, grads = jax.value_and_grad(loss_fn)(mu, idx, w, k)
-            mu, opt_state = apply(mu, opt_state, grads, lr)
-            return (mu, opt_state), jnp.stack([loss, 1.0])
+            idx, valid, k = x
+            loss, grads = jax.value_and_grad(loss_fn)(mu, idx, valid, k)
+            mu, opt_state = apply_update(tx_phase, mu, opt_state, grads, lr)
+            return (mu, opt_state), dict(loss=loss, steps=jnp.ones(()))
 
-        def maybe_step(carry, x):
-            return jax.lax.cond(jnp.sum(x[1]) > 0, minibatch_step, lambda c, x: (c, jnp.zeros(2)), carry, x)
+        def maybe_step(carry, x):  # minibatches holding no filled slot do nothing
+            skip = lambda c, x: (c, dict(loss=jnp.zeros(()), steps=jnp.zeros(())))  # noqa: E731
+            return jax.lax.cond(jnp.sum(x[1]) > 0, minibatch_step, skip, carry, x)
 
-        idx, w = replay_minibatches(k_mb, rb.size, args.replay_size, args.mu_minibatch_size, args.mu_epochs)
-        (mu, opt), out = jax.lax.scan(maybe_step, (p["mu"], state.opt_state["mu"]),
-                                      (idx, w, jax.random.split(k_a, idx.shape[0])))
-        stats = {"mu_loss": out[:, 0].sum() / jnp.maximum(out[:, 1].sum(), 1.0)}
+        idx, valid = replay_minibatches(k_mb, rb.size, args.replay_size, args.mu_minibatch_size, args.mu_epochs)
+        (mu, opt), out = jax.lax.scan(
+            maybe_step, (p["mu"], state.opt_state["mu"]), (idx, valid, jax.random.split(k_a, idx.shape[0]))
+        )
+        stats = {"mu_loss": out["loss"].sum() / jnp.maximum(out["steps"].sum(), 1.0)}
         return state._replace(params={**p, "mu": mu}, opt_state={**state.opt_state, "mu": opt}, key=key), stats
 
-    # Evaluation and the compiled interval ---------------------------------------------------------
-    def evaluate(state, key):
-        """eval_episodes full episodes of the deterministic policy (mode of pi, never mu) on
-        separate environments, with the training's observation statistics frozen."""
-        k_reset, k_step = jax.random.split(key)
-        obs, env_state = jax.vmap(env.reset)(jax.random.split(k_reset, args.eval_episodes))
-        zeros = jnp.zeros(args.eval_episodes)
+    # The evaluation interval: iterations, then one evaluation of pi (and the probe) ---------------
+    def probe(state, key):
+        # segments until gamma^t < 0.01 (the discounted tail left out is under 1% of a constant
+        # reward's), at most an episode
+        to_one_percent = int(np.ceil(np.log(0.01) / np.log(args.gamma))) if args.gamma < 1 else env.max_episode_steps
+        probe_horizon = args.variance_probe_horizon or min(env.max_episode_steps, to_one_percent)
+        return variance_probe(
+            args,
+            env,
+            actor,
+            state.params["pi"],
+            state.params["mu"],
+            lambda obs: normalize(state, obs),
+            probe_horizon,
+            key,
+        )
 
-        def body(carry):
-            obs, env_state, done, ret, key = carry
-            key, k = jax.random.split(key)
-            action = mode(spec, actor.apply(state.params["pi"], norm(state, obs)))
-            ts = jax.vmap(env.step)(jax.random.split(k, args.eval_episodes), env_state, action)
-            ret = ret + jnp.where(done, 0.0, ts.reward)
-            return ts.obs, ts.state, done | ts.terminated | ts.truncated, ret, key
-
-        carry = (obs, env_state, zeros.astype(bool), zeros, k_step)
-        return jax.lax.while_loop(lambda c: ~jnp.all(c[2]), body, carry)[3]
-
-    def variance_probe(state, key):
-        """The claim BPO rests on, measured (docs/algorithm.md eq. 17): the discounted return of
-        the current pi over the first `horizon` steps from fresh start states, estimated from
-        n = variance_probe segments in two ways with the same random numbers:
-          on-policy, a ~ pi:          G = sum_t gamma^t r_t
-          importance-weighted, a ~ mu: G = sum_t gamma^t (prod_(j<=t) pi_j/mu_j) r_t   (unclipped)
-                                       and with the weights clipped as in training.
-        Both are unbiased for the same quantity (unclipped); BPO's mu should make the second's
-        variance smaller. With mu = pi both are the same numbers. Environment rewards, unscaled.
-        The ratios are nan (undefined) where the on-policy returns do not vary beyond float
-        rounding: std(G) <= sqrt(horizon) * eps * mean|G| (eq. 17), e.g. once pi balances CartPole."""
-        n = args.variance_probe
-        k_reset, k_steps = jax.random.split(key)
-        obs0, env_state0 = jax.vmap(env.reset)(jax.random.split(k_reset, n))
-
-        def segments(behaviour):
-            def step(carry, k):
-                obs, env_state, alive, discount, w, clip_carry, g, g_w, g_clip = carry
-                k_act, k_env = jax.random.split(k)
-                b_dist = actor.apply(behaviour, norm(state, obs))
-                pi_dist = actor.apply(state.params["pi"], norm(state, obs))
-                action = sample(spec, b_dist, k_act)
-                ratio = jnp.exp(log_prob(spec, pi_dist, action) - log_prob(spec, b_dist, action))
-                ts = jax.vmap(env.step)(jax.random.split(k_env, n), env_state, action)
-                w = w * ratio
-                w_clip, clip_carry = probe_clipped_weight(clip_carry, ratio, args.clip_rho, args.clip_c)
-                r = alive * discount * ts.reward
-                g, g_w, g_clip = g + r, g_w + w * r, g_clip + w_clip * r
-                alive = alive * (1.0 - (ts.terminated | ts.truncated))  # the segment ends with its episode
-                return (ts.obs, ts.state, alive, discount * args.gamma, w, clip_carry, g, g_w, g_clip), None
-
-            z = jnp.zeros(n)
-            carry = (obs0, env_state0, jnp.ones(n), jnp.ones(n), jnp.ones(n), (jnp.full(n, jnp.nan), jnp.ones(n)), z, z, z)
-            carry, _ = jax.lax.scan(step, carry, jax.random.split(k_steps, probe_horizon))
-            return carry[-3:]
-
-        g_pi, _, _ = segments(state.params["pi"])
-        _, g_mu, g_mu_clip = segments(state.params["mu"])
-        # Var is shift-invariant: of the returns less their first, so that returns that are all one
-        # number have variance exactly 0 whatever the rounding of their mean (a sum of n floats)
-        var = lambda g: (g - g[0]).var(ddof=1)
-        var_pi, var_mu, var_clip = var(g_pi), var(g_mu), var(g_mu_clip)
-        se_diff = jnp.sqrt((var_pi + var_mu) / n)
-        # Var(G) no larger than the rounding of a float sum of `horizon` terms (random-walk size
-        # sqrt(horizon) eps/2 |G|, here with a factor 2 of margin) is no variance: ratio undefined
-        resolution = (np.sqrt(probe_horizon) * jnp.finfo(g_pi.dtype).eps * jnp.abs(g_pi).mean()) ** 2
-        ratio = lambda var: jnp.where(var_pi > resolution, var / var_pi, jnp.nan)
-        return dict(probe_pi_mean=g_pi.mean(), probe_pi_var=var_pi, probe_mu_mean=g_mu.mean(), probe_mu_var=var_mu,
-                    probe_var_ratio=ratio(var_mu), probe_se_diff=se_diff,
-                    probe_bias_z=(g_mu.mean() - g_pi.mean()) / se_diff,
-                    probe_mu_clipped_mean=g_mu_clip.mean(), probe_mu_clipped_var=var_clip,
-                    probe_var_ratio_clipped=ratio(var_clip))
-
-    def train_chunk(state, num_active):
-        """iters_per_chunk iterations (only the first num_active run: the last chunk may be
-        shorter, with no recompilation), then one evaluation (and the variance probe, if on).
-        Metrics are means over the chunk."""
-        stats_shape = jax.eval_shape(iteration, state)[1]
-
-        def body(state, i):
-            skip = lambda s: (s, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), stats_shape))
-            return jax.lax.cond(i < num_active, iteration, skip, state)
-
-        state, stats = jax.lax.scan(body, state, jnp.arange(iters_per_chunk))
-        active = jnp.arange(iters_per_chunk) < num_active
-        n_ep = stats.pop("episodes").sum()
-        metrics = {k: jnp.sum(v * active) / num_active for k, v in stats.items()
-                   if k not in ("return_sum", "length_sum") + LAST_VALUE_METRICS}
-        metrics.update({k: stats[k][num_active - 1] for k in LAST_VALUE_METRICS})
-        metrics["train_return"] = jnp.where(n_ep > 0, stats["return_sum"].sum() / n_ep, jnp.nan)
-        metrics["train_length"] = jnp.where(n_ep > 0, stats["length_sum"].sum() / n_ep, jnp.nan)
+    def train_interval(state, num_active):
+        """iters_per_interval iterations (only the first num_active run: the last interval may be
+        shorter, with no recompilation), then eval_episodes episodes of the mode of pi (never mu)
+        and, with --variance-probe, the probe. Metrics are means over the interval
+        (training.interval_metrics)."""
+        skip = training.skip_iteration(iteration, state)
+        state, stats = jax.lax.scan(
+            lambda s, i: jax.lax.cond(i < num_active, iteration, skip, s), state, jnp.arange(iters_per_interval)
+        )
+        metrics = training.interval_metrics(stats, num_active, LAST_VALUE_METRICS)
         key, k_eval = jax.random.split(state.key)
-        returns = evaluate(state, k_eval)
+        act = lambda obs: mode(spec, actor.apply(state.params["pi"], normalize(state, obs)))  # noqa: E731
+        returns = training.evaluate(env, act, args.eval_episodes, k_eval)
         metrics.update(eval_return=returns.mean(), eval_return_std=returns.std())
         if args.variance_probe:  # its own stream: the training's numbers do not depend on it
-            metrics.update(variance_probe(state, jax.random.fold_in(k_eval, 1)))
+            metrics.update(probe(state, jax.random.fold_in(k_eval, 1)))
         return state._replace(key=key), metrics
 
-    return Trainer(init, iteration, rollout, fit_q, variance_rewards, fit_q_hat, update_mu, q_value,
-                   variance_probe, train_chunk, iters_per_chunk, num_iterations, actor, critic, q_net, q_hat_net)
+    def q_value_of(net, params, obs, action=None):
+        return q_value(net, params, obs, action, args.symlog_targets)
+
+    return Trainer(
+        init,
+        iteration,
+        rollout,
+        fit_q,
+        variance_rewards,
+        fit_q_hat,
+        update_mu,
+        q_value_of,
+        probe,
+        train_interval,
+        iters_per_interval,
+        num_iterations,
+        actor,
+        critic,
+        q_net,
+        q_hat_net,
+    )
 
 
-PROBE_COLUMNS = ("probe_pi_mean", "probe_pi_var", "probe_mu_mean", "probe_mu_var", "probe_var_ratio",
-                 "probe_se_diff", "probe_bias_z", "probe_mu_clipped_mean", "probe_mu_clipped_var",
-                 "probe_var_ratio_clipped")  # with --variance-probe N
-METRIC_COLUMNS = ("seed", "env_steps", "train_return", "train_length", "eval_return", "eval_return_std",
-                  "pg_loss", "v_loss", "entropy", "approx_kl", "clip_frac", "explained_variance",
-                  "learning_rate", "clip_coef",
-                  # BPO diagnostics: importance weights pi/mu of the rollout, the FQE and mu phases
-                  "ratio_mean", "ratio_max", "rho_clip_frac", "c_clip_frac", "kl_mu_pi", "ess",
-                  "q_loss", "q_hat_loss", "mu_loss", "q_mean", "q_hat_mean", "r_hat_mean",
-                  "q_target_clip_frac", "q_hat_target_clip_frac", "r_max", "r_min", "r_hat_max",
-                  "effective_horizon")  # c_clip_frac: the fraction of (t, k) ratio products clipped
+# ----------------------------------------------------------------------------------------------
+# Diagnostics: the variance probe (--variance-probe N)
+# ----------------------------------------------------------------------------------------------
+def variance_probe(args, env, actor, pi, mu, normalize, horizon: int, key) -> dict:
+    """The claim BPO rests on, measured (docs/algorithm.md eq. 17): the discounted return of the
+    policy pi over the first `horizon` steps from fresh start states, estimated from
+    n = args.variance_probe segments in two ways with the same random numbers:
+      on-policy, a ~ pi:          G = sum_t gamma^t r_t
+      importance-weighted, a ~ mu: G = sum_t gamma^t (prod_(j<=t) pi_j/mu_j) r_t   (unclipped)
+                                   and with the weights clipped as in training.
+    Both are unbiased for the same quantity (unclipped); BPO's mu should make the second's
+    variance smaller. With mu = pi both are the same numbers. Environment rewards, unscaled;
+    `normalize` maps raw observations to the networks' inputs. The ratios are nan (undefined)
+    where the on-policy returns do not vary beyond float rounding: std(G) <= sqrt(horizon) * eps *
+    mean|G| (eq. 17), e.g. once pi balances CartPole."""
+    spec, n = env.action_spec, args.variance_probe
+    k_reset, k_steps = jax.random.split(key)
+    obs0, env_state0 = jax.vmap(env.reset)(jax.random.split(k_reset, n))
+
+    def segments(behaviour):
+        def step(carry, k):
+            obs, env_state, alive, discount, w, clip_carry, g, g_w, g_clip = carry
+            k_act, k_env = jax.random.split(k)
+            b_dist = actor.apply(behaviour, normalize(obs))
+            pi_dist = actor.apply(pi, normalize(obs))
+            action = sample(spec, b_dist, k_act)
+            ratio = jnp.exp(log_prob(spec, pi_dist, action) - log_prob(spec, b_dist, action))
+            ts = jax.vmap(env.step)(jax.random.split(k_env, n), env_state, action)
+            w = w * ratio
+            w_clip, clip_carry = probe_clipped_weight(clip_carry, ratio, args.clip_rho, args.clip_c)
+            r = alive * discount * ts.reward
+            g, g_w, g_clip = g + r, g_w + w * r, g_clip + w_clip * r
+            alive = alive * (1.0 - (ts.terminated | ts.truncated))  # the segment ends with its episode
+            return (ts.obs, ts.state, alive, discount * args.gamma, w, clip_carry, g, g_w, g_clip), None
+
+        z = jnp.zeros(n)
+        carry = (obs0, env_state0, jnp.ones(n), jnp.ones(n), jnp.ones(n), (jnp.full(n, jnp.nan), jnp.ones(n)), z, z, z)
+        carry, _ = jax.lax.scan(step, carry, jax.random.split(k_steps, horizon))
+        return carry[-3:]
+
+    g_pi, _, _ = segments(pi)
+    _, g_mu, g_mu_clip = segments(mu)
+    # Var is shift-invariant: of the returns less their first, so that returns that are all one
+    # number have variance exactly 0 whatever the rounding of their mean (a sum of n floats)
+    var = lambda g: (g - g[0]).var(ddof=1)  # noqa: E731
+    var_pi, var_mu, var_clip = var(g_pi), var(g_mu), var(g_mu_clip)
+    se_diff = jnp.sqrt((var_pi + var_mu) / n)
+    # Var(G) no larger than the rounding of a float sum of `horizon` terms (random-walk size
+    # sqrt(horizon) eps/2 |G|, here with a factor 2 of margin) is no variance: ratio undefined
+    resolution = (np.sqrt(horizon) * jnp.finfo(g_pi.dtype).eps * jnp.abs(g_pi).mean()) ** 2
+    ratio = lambda var: jnp.where(var_pi > resolution, var / var_pi, jnp.nan)  # noqa: E731
+    return dict(
+        probe_pi_mean=g_pi.mean(),
+        probe_pi_var=var_pi,
+        probe_mu_mean=g_mu.mean(),
+        probe_mu_var=var_mu,
+        probe_var_ratio=ratio(var_mu),
+        probe_se_diff=se_diff,
+        probe_bias_z=(g_mu.mean() - g_pi.mean()) / se_diff,
+        probe_mu_clipped_mean=g_mu_clip.mean(),
+        probe_mu_clipped_var=var_clip,
+        probe_var_ratio_clipped=ratio(var_clip),
+    )
+
+
+def probe_warning(row: dict) -> str | None:
+    """The probe's two means estimate one quantity: a row where they differ by over 3 standard
+    errors is worth a line on the console (runner.run prints it)."""
+    z = row.get("probe_bias_z", 0.0)
+    if abs(z) > 3:
+        return (
+            f"the variance probe's importance-weighted mean differs from the on-policy one by {z:.1f} standard "
+            "errors (unbiased estimates should agree within about 3)"
+        )
+    return None
+
+
+PROBE_COLUMNS = (
+    "probe_pi_mean",
+    "probe_pi_var",
+    "probe_mu_mean",
+    "probe_mu_var",
+    "probe_var_ratio",
+    "probe_se_diff",
+    "probe_bias_z",
+    "probe_mu_clipped_mean",
+    "probe_mu_clipped_var",
+    "probe_var_ratio_clipped",
+)  # with --variance-probe N
+METRIC_COLUMNS = (
+    "seed",
+    "env_steps",
+    "train_return",
+    "train_length",
+    "eval_return",
+    "eval_return_std",
+    "pg_loss",
+    "v_loss",
+    "entropy",
+    "approx_kl",
+    "clip_frac",
+    "explained_variance",
+    "learning_rate",
+    "clip_coef",
+    # BPO diagnostics: importance weights pi/mu of the rollout, the FQE and mu phases
+    "ratio_mean",
+    "ratio_max",
+    "rho_clip_frac",
+    "c_clip_frac",
+    "kl_mu_pi",
+    "ess",
+    "q_loss",
+    "q_hat_loss",
+    "mu_loss",
+    "q_mean",
+    "q_hat_mean",
+    "r_hat_mean",
+    "q_target_clip_frac",
+    "q_hat_target_clip_frac",
+    "r_max",
+    "r_min",
+    "r_hat_max",
+    "effective_horizon",
+)  # c_clip_frac: the fraction of (t, k) ratio products clipped
 
 
 # ----------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Args:
-    # The defaults are the reference's `cartpole_ppo` + `ppo_bpo_zero1.0_traj` settings run for 150k
-    # steps (about a minute for 4 seeds on a 2-core CPU).
-    preset: tuple[str, ...] = ()
-    """named presets applied in order before any other flag (see PRESETS); later flags override them"""
-    env_id: str = "CartPole-v1"
-    """environment id: gymnax (CartPole-v1, Pendulum-v1, ...), Brax (ant, hopper, ...) or Playground (CheetahRun, ...)"""
-    env_backend: str = "mjx"
-    """physics backend: Brax's mjx, generalized, positional or spring; Playground's mjx"""
-    seed: int = 0
-    """first seed; the run trains seeds seed, seed+1, ..., seed+num_seeds-1"""
-    num_seeds: int = 4
-    """independent seeds trained together (vmapped) in one program"""
+class Args(runner.RunArgs):
+    """BPO's hyperparameters; the run's own flags (env id, seeds, outputs, ...) are runner.RunArgs.
+    The defaults are the reference's `cartpole_ppo` + `ppo_bpo_zero1.0_traj` settings run for 150k
+    steps (about a minute for 4 seeds on a 2-core CPU)."""
+
     total_timesteps: int = 150_000
     """environment steps per seed"""
     num_envs: int = 8
@@ -892,7 +1125,8 @@ class Args:
     anneal_clip: bool = True
     """decay the clipping range linearly to 0 over training"""
     clip_vloss: bool = False
-    """clip the value loss as PureJaxRL and CleanRL do: max((V - vs)^2, (V_old + clip(V - V_old, +-clip_coef) - vs)^2)"""
+    """clip the value loss as PureJaxRL and CleanRL do:
+    max((V - vs)^2, (V_old + clip(V - V_old, +-clip_coef) - vs)^2)"""
     norm_adv: bool = True
     """normalise advantages within each minibatch"""
     ent_coef: float = 0.0
@@ -964,119 +1198,193 @@ class Args:
     """zero-initialise the last layer of Q and q_hat"""
     q_kernel_init: Literal["orthogonal", "lecun_normal"] = "orthogonal"
     """weight init of Q's and q_hat's hidden layers"""
-    eval_every: int = 10_000
-    """environment steps per seed between evaluations (and metric rows)"""
-    eval_episodes: int = 10
-    """episodes of the deterministic policy pi (never mu) per evaluation"""
     variance_probe: int = 0
     """at every evaluation, estimate pi's discounted return from this many segments on-policy and
     importance-weighted under mu, and report both means and variances (0: off)"""
     variance_probe_horizon: int = 0
     """steps per probe segment; 0: until gamma^t < 0.01, at most an episode"""
-    output_dir: str | None = None
-    """where outputs go; default runs/bpo_traj_<env>_<time>"""
-    overwrite: bool = False
-    """allow writing into an existing non-empty output directory (a previous run's outputs are removed)"""
-    checkpoint_every: int = 10
-    """save a checkpoint of every seed's complete training state every this many evaluation
-    intervals, at the end, and when stopped by Ctrl-C or SIGTERM (the latest 3 are kept); 0: never"""
-    resume: str | None = None
-    """continue the run in this output folder from its latest checkpoint, with its saved
-    configuration: no other flag may change it, but a larger --total-timesteps extends it"""
-    tensorboard: bool = False
-    """also write every metric of every seed, and their means, to <output-dir>/tb (tensorboardX)"""
-    sweep: tuple[str, ...] = ()
-    """KEY=V1,V2,... [KEY=V1,V2,...]: train the grid product of these values (each member with
-    every seed) in one compiled program, e.g. --sweep clip_coef=0.1,0.2 gamma=0.99,0.999; numbers
-    and switches that change no shape and no loop count (--sweep help lists them)"""
-    num_devices: int = 0
-    """spread the members x seeds over this many devices (jax.sharding, padded to a multiple);
-    0: every device (every host's, under jax.distributed.initialize())"""
 
 
-# Presets, applied in order: a base (cartpole_ppo, mujoco_ppo, ...) then a BPO add-on (ppo_bpo...).
-_PPO_BPO = dict(clip_rho=1.5, clip_c=1.5, symlog_targets=True, polyak_tau=0.02,
-                q_layer_norm=False, q_zero_init=False, q_kernel_init="lecun_normal")
+# Presets, applied in order: a base (cartpole_ppo, mujoco_ppo, ...) then a BPO add-on (ppo_bpo...);
+# where each value comes from: docs/presets.md.
+_PPO_BPO = dict(
+    clip_rho=1.5,
+    clip_c=1.5,
+    symlog_targets=True,
+    polyak_tau=0.02,
+    q_layer_norm=False,
+    q_zero_init=False,
+    q_kernel_init="lecun_normal",
+)
 _ZERO = dict(_PPO_BPO, q_layer_norm=True, q_zero_init=True, q_kernel_init="orthogonal")
 PRESETS: dict[str, dict[str, Any]] = {
     "cartpole_ppo": dict(
-        env_id="CartPole-v1", total_timesteps=100_000, num_envs=8, num_steps=32,
-        minibatch_size=256, num_epochs=20, gae_lambda=0.8, gamma=0.98, clip_coef=0.2,
-        anneal_clip=True, learning_rate=1e-3, anneal_lr=True, ent_coef=0.0, vf_coef=0.5,
-        hidden_sizes=(64, 64), q_hidden_sizes=(64, 64), actor_activation="tanh",
-        critic_activation="tanh", kernel_init="lecun_normal", normalize_obs=False,
-        weight_td=True, clip_targets=True, replay_size=1024, fqe_minibatch_size=256,
-        mu_minibatch_size=128, fqe_epochs=10, mu_epochs=10,
+        env_id="CartPole-v1",
+        total_timesteps=100_000,
+        num_envs=8,
+        num_steps=32,
+        minibatch_size=256,
+        num_epochs=20,
+        gae_lambda=0.8,
+        gamma=0.98,
+        clip_coef=0.2,
+        anneal_clip=True,
+        learning_rate=1e-3,
+        anneal_lr=True,
+        ent_coef=0.0,
+        vf_coef=0.5,
+        hidden_sizes=(64, 64),
+        q_hidden_sizes=(64, 64),
+        actor_activation="tanh",
+        critic_activation="tanh",
+        kernel_init="lecun_normal",
+        normalize_obs=False,
+        weight_td=True,
+        clip_targets=True,
+        replay_size=1024,
+        fqe_minibatch_size=256,
+        mu_minibatch_size=128,
+        fqe_epochs=10,
+        mu_epochs=10,
     ),
     "mujoco_ppo": dict(
-        total_timesteps=1_500_000, num_envs=1, num_steps=2048, minibatch_size=64, num_epochs=10,
-        gamma=0.99, gae_lambda=0.95, clip_coef=0.2, anneal_clip=False, learning_rate=3e-4,
-        anneal_lr=False, ent_coef=0.001, vf_coef=0.5, clip_actions=True, hidden_sizes=(64, 64),
-        q_hidden_sizes=(64, 64), actor_activation="relu", critic_activation="relu",
-        kernel_init="orthogonal", weight_td=True, clip_targets=True, replay_size=8192,
-        fqe_minibatch_size=256, mu_minibatch_size=128, fqe_epochs=20, mu_epochs=20,
+        total_timesteps=1_500_000,
+        num_envs=1,
+        num_steps=2048,
+        minibatch_size=64,
+        num_epochs=10,
+        gamma=0.99,
+        gae_lambda=0.95,
+        clip_coef=0.2,
+        anneal_clip=False,
+        learning_rate=3e-4,
+        anneal_lr=False,
+        ent_coef=0.001,
+        vf_coef=0.5,
+        clip_actions=True,
+        hidden_sizes=(64, 64),
+        q_hidden_sizes=(64, 64),
+        actor_activation="relu",
+        critic_activation="relu",
+        kernel_init="orthogonal",
+        weight_td=True,
+        clip_targets=True,
+        replay_size=8192,
+        fqe_minibatch_size=256,
+        mu_minibatch_size=128,
+        fqe_epochs=20,
+        mu_epochs=20,
         normalize_obs=True,  # ours: Brax observations are unscaled
-        use_sde=False, log_std_init=0.0, eval_every=50_000,
+        use_sde=False,
+        log_std_init=0.0,
+        eval_every=50_000,
     ),
     # The reference's MuJoCo preset with held exploration noise (its names: use_sde, sde_sample_freq).
     "mujoco_ppo_gsde": dict(
-        total_timesteps=2_000_000, num_envs=16, num_steps=512, minibatch_size=128, num_epochs=20,
-        gamma=0.99, gae_lambda=0.9, clip_coef=0.4, anneal_clip=False, learning_rate=3e-5,
-        anneal_lr=False, ent_coef=0.0, vf_coef=0.5, clip_actions=True, hidden_sizes=(256, 256),
-        q_hidden_sizes=(256, 256), replay_size=8192, fqe_minibatch_size=128,
-        mu_minibatch_size=128, fqe_epochs=40, mu_epochs=40, weight_td=False, clip_targets=False,
-        actor_activation="relu", critic_activation="relu", kernel_init="lecun_normal",
-        use_sde=True, sde_sample_freq=4, log_std_init=-1.0,
-        normalize_obs=False,  # as the reference; measured on hopper, normalising did not help here (README)
+        total_timesteps=2_000_000,
+        num_envs=16,
+        num_steps=512,
+        minibatch_size=128,
+        num_epochs=20,
+        gamma=0.99,
+        gae_lambda=0.9,
+        clip_coef=0.4,
+        anneal_clip=False,
+        learning_rate=3e-5,
+        anneal_lr=False,
+        ent_coef=0.0,
+        vf_coef=0.5,
+        clip_actions=True,
+        hidden_sizes=(256, 256),
+        q_hidden_sizes=(256, 256),
+        replay_size=8192,
+        fqe_minibatch_size=128,
+        mu_minibatch_size=128,
+        fqe_epochs=40,
+        mu_epochs=40,
+        weight_td=False,
+        clip_targets=False,
+        actor_activation="relu",
+        critic_activation="relu",
+        kernel_init="lecun_normal",
+        use_sde=True,
+        sde_sample_freq=4,
+        log_std_init=-1.0,
+        normalize_obs=False,  # as the reference
         eval_every=50_000,
     ),
     # RL Baselines3 Zoo's Pendulum-v1 PPO settings (as ppo.py's pendulum_ppo), BPO phases on top.
     "pendulum_ppo": dict(
-        env_id="Pendulum-v1", total_timesteps=200_000, num_envs=4, num_steps=1024,
-        minibatch_size=64, num_epochs=10, gamma=0.9, gae_lambda=0.95, clip_coef=0.2,
-        anneal_clip=False, learning_rate=1e-3, anneal_lr=False, ent_coef=0.0, vf_coef=0.5,
-        hidden_sizes=(64, 64), q_hidden_sizes=(64, 64), actor_activation="tanh",
-        critic_activation="tanh", kernel_init="orthogonal", normalize_obs=False, eval_every=20_000,
-        weight_td=True, clip_targets=True, replay_size=4096, fqe_minibatch_size=256,
-        mu_minibatch_size=128, fqe_epochs=10, mu_epochs=10,
+        env_id="Pendulum-v1",
+        total_timesteps=200_000,
+        num_envs=4,
+        num_steps=1024,
+        minibatch_size=64,
+        num_epochs=10,
+        gamma=0.9,
+        gae_lambda=0.95,
+        clip_coef=0.2,
+        anneal_clip=False,
+        learning_rate=1e-3,
+        anneal_lr=False,
+        ent_coef=0.0,
+        vf_coef=0.5,
+        hidden_sizes=(64, 64),
+        q_hidden_sizes=(64, 64),
+        actor_activation="tanh",
+        critic_activation="tanh",
+        kernel_init="orthogonal",
+        normalize_obs=False,
+        eval_every=20_000,
+        weight_td=True,
+        clip_targets=True,
+        replay_size=4096,
+        fqe_minibatch_size=256,
+        mu_minibatch_size=128,
+        fqe_epochs=10,
+        mu_epochs=10,
     ),
-    # MuJoCo Playground's PPO settings for its DM Control Suite (playground 0.2.0's
-    # dm_control_suite_params.brax_ppo_config, with Brax 0.14.2's PPO defaults where it is silent):
-    # those its 19 tasks without an override share. env_id is left unset: give --env-id. One Brax
-    # training step, 2048 envs x 16 unrolls of 30 steps, is num_envs 2048 x num_steps 480 = 983,040
-    # env steps, in 32 minibatches of 1024 x 30 = 30,720, 16 passes. Per-task overrides, by hand:
-    #   --gamma 0.95                     BallInCup, FingerSpin
-    #   --total-timesteps 100000000      AcrobotSwingup, AcrobotSwingupSparse, SwimmerSwimmer6, WalkerRun
-    # (Playground's PendulumSwingup override, action_repeat 4 and 4 passes, is keyed on the name
-    # "PendulumSwingUp", which no task has: Playground trains PendulumSwingup with these settings.)
-    # Brax's value loss is 0.5 * vf_loss_coefficient (0.5) * squared error: vf_coef 0.25. Brax's
-    # max_grad_norm None (no clipping) is max_grad_norm inf here (optax's clip_by_global_norm with
-    # inf leaves every gradient as it is). Brax's lecun_uniform init: lecun_normal (same variance).
-    # Brax runs more than num_timesteps: with num_evals 10 and num_resets_per_eval 10 it takes
-    # 9 x 10 x ceil(60M / (9 x 10 x 983,040)) = 90 training steps, 88,473,600 env steps (100M: 180,
-    # 176,947,200), and resets every environment after each training step, so its training episodes
-    # stop at 480 of their 1000 steps; here 60M is 61 iterations (59,965,440 steps) and environments
-    # run on across iterations to the 1000-step limit.
-    # Not expressible here: Brax's tanh-squashed normal with a state-dependent std
-    # (softplus(x) + 0.001); this is a Gaussian with a state-independent log std, started at Brax's
-    # initial std softplus(0) + 0.001 = 0.694, and actions clipped to [-1, 1]. Nor Brax's GAE, which
-    # runs over each 30-step unroll with the current V in every minibatch and zeroes the TD error at
-    # a time limit (here GAE runs over the 480-step rollout once, and a time limit bootstraps, eq. 4).
+    # MuJoCo Playground's DM Control Suite PPO settings (what they are and how they differ: docs/presets.md)
     "playground_dm_control": dict(
-        total_timesteps=60_000_000, num_envs=2048, num_steps=480, minibatch_size=30_720, num_epochs=16,
-        learning_rate=1e-3, anneal_lr=False, adam_eps=1e-8, max_grad_norm=float("inf"), gamma=0.995,
-        gae_lambda=0.95, clip_coef=0.3, anneal_clip=False, clip_vloss=False, norm_adv=True, ent_coef=0.01,
-        vf_coef=0.25, hidden_sizes=(32, 32, 32, 32), critic_hidden_sizes=(256, 256, 256, 256, 256),
-        actor_activation="swish", critic_activation="swish", kernel_init="lecun_normal",
-        use_sde=False, log_std_init=-0.365, reward_scale=10.0, normalize_obs=True,
-        normalize_reward=False, clip_actions=True, max_episode_steps=0, eval_every=5 * 983_040,
-        # BPO phases (ours): the replay buffer holds one rollout (983,040 transitions, about 180 MB
-        # per seed for CheetahRun), cut as mujoco_ppo's 8192-transition buffer is: 32 FQE
-        # minibatches (30,720) and 64 mu minibatches (15,360) per pass, 20 passes each, so every
-        # phase takes mujoco_ppo's gradient steps per iteration (640 per Q head, 1,280 for mu).
-        # Q and q_hat 256-256, as mujoco_ppo_gsde's beside 256-wide networks.
-        q_hidden_sizes=(256, 256), weight_td=True, clip_targets=True, replay_size=983_040,
-        fqe_minibatch_size=30_720, mu_minibatch_size=15_360, fqe_epochs=20, mu_epochs=20,
+        total_timesteps=60_000_000,
+        num_envs=2048,
+        num_steps=480,
+        minibatch_size=30_720,
+        num_epochs=16,
+        learning_rate=1e-3,
+        anneal_lr=False,
+        adam_eps=1e-8,
+        max_grad_norm=float("inf"),
+        gamma=0.995,
+        gae_lambda=0.95,
+        clip_coef=0.3,
+        anneal_clip=False,
+        clip_vloss=False,
+        norm_adv=True,
+        ent_coef=0.01,
+        vf_coef=0.25,
+        hidden_sizes=(32, 32, 32, 32),
+        critic_hidden_sizes=(256, 256, 256, 256, 256),
+        actor_activation="swish",
+        critic_activation="swish",
+        kernel_init="lecun_normal",
+        use_sde=False,
+        log_std_init=-0.365,
+        reward_scale=10.0,
+        normalize_obs=True,
+        normalize_reward=False,
+        clip_actions=True,
+        max_episode_steps=0,
+        eval_every=5 * 983_040,
+        # BPO phases (ours): the replay buffer holds one rollout (docs/presets.md)
+        q_hidden_sizes=(256, 256),
+        weight_td=True,
+        clip_targets=True,
+        replay_size=983_040,
+        fqe_minibatch_size=30_720,
+        mu_minibatch_size=15_360,
+        fqe_epochs=20,
+        mu_epochs=20,
     ),
     "ppo_bpo": _PPO_BPO,
     "ppo_bpo_zero": _ZERO,
@@ -1096,10 +1404,29 @@ SUITE_PRESETS = {
 
 # The flags --sweep may vary: numbers and switches that change no array shape, no loop count
 # and no program structure; the compiled program reads them as (vmapped) inputs.
-SWEEPABLE = ("learning_rate", "anneal_lr", "adam_eps", "max_grad_norm", "gamma", "gae_lambda",
-             "clip_coef", "anneal_clip", "clip_vloss", "norm_adv", "ent_coef", "vf_coef", "log_std_init",
-             "reward_scale", "clip_rho", "clip_c", "weight_on_adv", "weight_td", "clip_targets",
-             "symlog_reg_coef", "polyak_tau")
+SWEEPABLE = (
+    "learning_rate",
+    "anneal_lr",
+    "adam_eps",
+    "max_grad_norm",
+    "gamma",
+    "gae_lambda",
+    "clip_coef",
+    "anneal_clip",
+    "clip_vloss",
+    "norm_adv",
+    "ent_coef",
+    "vf_coef",
+    "log_std_init",
+    "reward_scale",
+    "clip_rho",
+    "clip_c",
+    "weight_on_adv",
+    "weight_td",
+    "clip_targets",
+    "symlog_reg_coef",
+    "polyak_tau",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
@@ -1129,8 +1456,15 @@ def validate(args: Args) -> None:
 
 
 def run(args: Args) -> dict:
-    return runner.run(args, "bpo_traj", validate, make_train,
-                      METRIC_COLUMNS + (PROBE_COLUMNS if args.variance_probe else ()), SWEEPABLE)
+    return runner.run(
+        args,
+        "bpo_traj",
+        validate,
+        make_train,
+        METRIC_COLUMNS + (PROBE_COLUMNS if args.variance_probe else ()),
+        SWEEPABLE,
+        probe_warning,
+    )
 
 
 if __name__ == "__main__":

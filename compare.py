@@ -1,9 +1,9 @@
 """Compare runs of ppo.py, bpo.py and bpo_traj.py the way a paper does.
 
-Given output folders (each a multi-seed run, or a sweep: each member a run), draws eval return against env steps, with the
-interquartile mean (IQM) over seeds and a bootstrap confidence band, one panel per environment
-(PNG and SVG), and prints and writes a Markdown table: final return (IQM and interval), area under
-the curve, and steps to a threshold.
+Given output folders (each a multi-seed run, or a sweep: each member a run), draws eval return
+against env steps, with the interquartile mean (IQM) over seeds and a bootstrap confidence band,
+one panel per environment (PNG and SVG), and prints and writes a Markdown table: final return (IQM
+and interval), area under the curve, and steps to a threshold.
 
     python compare.py runs/ppo_hopper_* runs/bpo_hopper_* --output comparison
     python compare.py runs/bpo_sweep --output ablation      # a --sweep folder: one curve per member
@@ -75,8 +75,16 @@ def load_runs(folder: str, label: str | None, metric: str = "eval_return") -> li
         raise CompareError(f"{config_path}: malformed ({e!r})")
     try:
         with open(metrics_path, newline="") as f:
-            rows = [(int(r.get("member") or 0), int(r["seed"]), int(r["env_steps"]), int(r.get("diverged") or 0),
-                     float(r[metric]) if r[metric] != "" else np.nan) for r in csv.DictReader(f)]
+            rows = [
+                (
+                    int(r.get("member") or 0),
+                    int(r["seed"]),
+                    int(r["env_steps"]),
+                    int(r.get("diverged") or 0),
+                    float(r[metric]) if r[metric] != "" else np.nan,
+                )
+                for r in csv.DictReader(f)
+            ]
     except (KeyError, ValueError, TypeError) as e:
         raise CompareError(f"{metrics_path}: malformed ({e!r})")
     if not rows:
@@ -114,11 +122,15 @@ def _run(label: str, env_id: str, rows: list[tuple], metrics_path: str, incomple
     warnings = [f"{label}: {incomplete}"] if incomplete else []
     undefined = int(np.isnan(returns).sum())  # a row that holds nan (or nothing) in this column
     if undefined:
-        warnings.append(f"{label}: {metric} is undefined (nan) in {undefined} of {returns.size} rows; "
-                        "IQMs and intervals are over the seeds with a value")
+        warnings.append(
+            f"{label}: {metric} is undefined (nan) in {undefined} of {returns.size} rows; "
+            "IQMs and intervals are over the seeds with a value"
+        )
     if diverged:
-        warnings.append(f"{label}: seeds {', '.join(map(str, diverged))} diverged and are left out of its statistics "
-                        f"({len(seeds) - len(diverged)} of {len(seeds)} seeds remain)")
+        warnings.append(
+            f"{label}: seeds {', '.join(map(str, diverged))} diverged and are left out of its statistics "
+            f"({len(seeds) - len(diverged)} of {len(seeds)} seeds remain)"
+        )
     if not len(returns):
         raise CompareError(f"{label}: every seed diverged")
     return Run(label, env_id, np.asarray(steps), returns, tuple(warnings))
@@ -139,14 +151,23 @@ def iqm_interval(x: np.ndarray, args: Args) -> tuple[np.ndarray, np.ndarray]:
     where x holds nan, each index's interval resamples only its values that are not nan."""
     x = np.asarray(x, float)
     if np.isnan(x).any():
-        bounds = [iqm_interval(v[~np.isnan(v)], args) if (~np.isnan(v)).any() else (np.nan, np.nan)
-                  for v in x.reshape(-1, x.shape[-1])]
+        bounds = [
+            iqm_interval(v[~np.isnan(v)], args) if (~np.isnan(v)).any() else (np.nan, np.nan)
+            for v in x.reshape(-1, x.shape[-1])
+        ]
         return tuple(np.array([float(b[i]) for b in bounds]).reshape(x.shape[:-1])[()] for i in (0, 1))
     if x.shape[-1] < 2:
         return iqm(x), iqm(x)
-    res = stats.bootstrap((x,), iqm, axis=-1, vectorized=True, n_resamples=args.resamples,
-                          confidence_level=args.confidence, method="percentile",
-                          rng=np.random.default_rng(args.seed))
+    res = stats.bootstrap(
+        (x,),
+        iqm,
+        axis=-1,
+        vectorized=True,
+        n_resamples=args.resamples,
+        confidence_level=args.confidence,
+        method="percentile",
+        rng=np.random.default_rng(args.seed),
+    )
     return res.confidence_interval.low, res.confidence_interval.high
 
 
@@ -170,8 +191,11 @@ def default_thresholds(runs: list[Run]) -> dict[str, float]:
 def table(runs: list[Run], args: Args) -> str:
     defaults = default_thresholds(runs)
     name = "return" if args.metric == ("eval_return",) else "value"
-    lines = [f"| run | env | seeds | final {name}, IQM [{args.confidence:.0%} CI] | AUC (mean IQM {name}) "
-             f"| threshold | steps to threshold (median; reached) |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| run | env | seeds | final {name}, IQM [{args.confidence:.0%} CI] | AUC (mean IQM {name}) "
+        f"| threshold | steps to threshold (median; reached) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for run in runs:
         final = run.returns[:, -1]
         lo, hi = iqm_interval(final, args)
@@ -185,8 +209,10 @@ def table(runs: list[Run], args: Args) -> str:
         first = steps_to(run, threshold)
         reached = int(np.isfinite(first).sum())
         median = f"{np.nanmedian(first):,.0f}" if reached else "never"
-        lines.append(f"| {run.label} | {run.env_id} | {seeds} | {iqm(final):.1f} [{float(lo):.1f}, {float(hi):.1f}] "
-                     f"| {auc:.1f} | {threshold:.1f} | {median}; {reached}/{len(final)} |")
+        lines.append(
+            f"| {run.label} | {run.env_id} | {seeds} | {iqm(final):.1f} [{float(lo):.1f}, {float(hi):.1f}] "
+            f"| {auc:.1f} | {threshold:.1f} | {median}; {reached}/{len(final)} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -203,13 +229,20 @@ def plot(runs: list[Run], args: Args) -> None:
         for run in (r for r in runs if r.env_id == env_id):
             lo, hi = iqm_interval(run.returns.T, args)
             nan = ", fewer where nan" if np.isnan(run.returns).any() else ""
-            line, = ax.plot(run.steps, iqm(run.returns.T), label=f"{run.label} ({run.returns.shape[0]} seeds{nan})")
+            (line,) = ax.plot(run.steps, iqm(run.returns.T), label=f"{run.label} ({run.returns.shape[0]} seeds{nan})")
             ax.fill_between(run.steps, lo, hi, color=line.get_color(), alpha=0.2)
         # the whole x range of the runs, gaps (evaluations with no value) included
-        x0, x1 = min(r.steps[0] for r in runs if r.env_id == env_id), max(r.steps[-1] for r in runs if r.env_id == env_id)
+        x0, x1 = (
+            min(r.steps[0] for r in runs if r.env_id == env_id),
+            max(r.steps[-1] for r in runs if r.env_id == env_id),
+        )
         if x1 > x0:
             ax.set_xlim(x0 - 0.05 * (x1 - x0), x1 + 0.05 * (x1 - x0))
-        ax.set(title=env_id, xlabel="environment steps (per seed)", ylabel=f"{args.metric[0] if len(args.metric) == 1 else 'value'} (IQM over seeds)")
+        ax.set(
+            title=env_id,
+            xlabel="environment steps (per seed)",
+            ylabel=f"{args.metric[0] if len(args.metric) == 1 else 'value'} (IQM over seeds)",
+        )
         if args.log_y:
             ax.set_yscale("log")
         ax.xaxis.set_major_formatter(EngFormatter())  # 100k, 1.5M: readable ticks

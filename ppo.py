@@ -30,14 +30,16 @@ import optax
 
 import envs
 import runner
+import training
+
+runner.configure_jax()  # jax's CPU compilation options (runner.py); no effect on other platforms
 
 
 # ----------------------------------------------------------------------------------------------
 # Networks: separate actor (pi) and critic (V) MLPs
 # ----------------------------------------------------------------------------------------------
 def dense(features: int, kernel_init: str, scale: float) -> nn.Dense:
-    init = (nn.initializers.orthogonal(scale) if kernel_init == "orthogonal"
-            else nn.initializers.lecun_normal())
+    init = nn.initializers.orthogonal(scale) if kernel_init == "orthogonal" else nn.initializers.lecun_normal()
     return nn.Dense(features, kernel_init=init, bias_init=nn.initializers.zeros)
 
 
@@ -155,7 +157,9 @@ def ppo_loss(params, apply_actor, apply_critic, spec, batch, clip_coef, args):
     ent = entropy(spec, dist).mean()
     loss = pg_loss + args.vf_coef * v_loss - args.ent_coef * ent
     stats = dict(
-        pg_loss=pg_loss, v_loss=v_loss, entropy=ent,
+        pg_loss=pg_loss,
+        v_loss=v_loss,
+        entropy=ent,
         approx_kl=jnp.mean(ratio - 1 - log_ratio),  # Schulman's k3 estimator of KL(old || new)
         clip_frac=jnp.mean(jnp.abs(ratio - 1) > clip_coef),
     )
@@ -165,13 +169,23 @@ def ppo_loss(params, apply_actor, apply_critic, spec, batch, clip_coef, args):
 # ----------------------------------------------------------------------------------------------
 # Training: one seed; runner.py vmaps it over seeds
 # ----------------------------------------------------------------------------------------------
-class Transition(NamedTuple):
+class Step(NamedTuple):  # what the rollout records at each step
     obs: jax.Array  # raw observation (normalised on use with the rollout's frozen statistics)
+    action: jax.Array
+    log_pi: jax.Array  # log pi(a|s)
+    reward: jax.Array  # the (scaled) environment reward
+    done: jax.Array  # 1 where the step ends an episode (terminated or truncated)
+    truncated: jax.Array  # 1 where it ends by the time limit
+    final_obs: jax.Array  # the true next observation (before any reset)
+
+
+class Transition(NamedTuple):  # a rollout, [T, E], as the estimator reads it
+    obs: jax.Array
     action: jax.Array
     log_pi: jax.Array  # log pi(a|s), as of collection
     value: jax.Array  # V(s), as of collection
     reward: jax.Array  # scaled reward, plus gamma * V(final obs) at a truncation
-    done: jax.Array  # the step ends an episode (terminated or truncated)
+    done: jax.Array
 
 
 class Batch(NamedTuple):  # what the PPO update reads
@@ -200,8 +214,8 @@ class Trainer(NamedTuple):
     init: Any  # key -> TrainState
     iteration: Any  # TrainState -> (TrainState, metrics)
     rollout: Any  # TrainState -> (TrainState, Transition [T, E], episode stats)
-    train_chunk: Any  # (TrainState, num_active) -> (TrainState, metrics of the chunk)
-    iters_per_chunk: int
+    train_interval: Any  # (TrainState, num_active) -> (TrainState, metrics of the interval)
+    iters_per_interval: int
     num_iterations: int
     actor: nn.Module
     critic: nn.Module
@@ -212,16 +226,16 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
     batch_size = args.num_envs * args.num_steps
     num_minibatches = batch_size // args.minibatch_size
     num_iterations = args.total_timesteps // batch_size
-    iters_per_chunk = max(1, min(args.eval_every // batch_size, num_iterations))
+    iters_per_interval = max(1, min(args.eval_every // batch_size, num_iterations))
     actor = Actor(spec, args.hidden_sizes, args.actor_activation, args.kernel_init, args.log_std_init)
     critic = Critic(args.critic_hidden_sizes or args.hidden_sizes, args.critic_activation, args.kernel_init)
     # Adam with global-norm clipping; with anneal_lr the rate decays linearly to 0 per optimizer
     # step over minibatches x epochs x iterations (as the reference's linear_schedule).
-    decay = optax.linear_schedule(args.learning_rate, 0.0, num_iterations * args.num_epochs * num_minibatches)
-    lr = lambda count: jnp.where(args.anneal_lr, decay(count), args.learning_rate)  # noqa: E731
-    tx = optax.chain(optax.clip_by_global_norm(args.max_grad_norm), optax.adam(lr, eps=args.adam_eps))
+    decayed_lr = optax.linear_schedule(args.learning_rate, 0.0, num_iterations * args.num_epochs * num_minibatches)
+    learning_rate = lambda count: jnp.where(args.anneal_lr, decayed_lr(count), args.learning_rate)  # noqa: E731
+    tx = optax.chain(optax.clip_by_global_norm(args.max_grad_norm), optax.adam(learning_rate, eps=args.adam_eps))
 
-    def norm(state, obs):
+    def normalize(state, obs):
         return envs.normalize_obs(state.obs_rms, obs) if args.normalize_obs else obs
 
     def init(key):
@@ -229,16 +243,24 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         dummy = jnp.zeros(env.obs_shape)
         params = {"pi": actor.init(k_pi, dummy), "v": critic.init(k_v, dummy)}
         obs, env_state = jax.vmap(env.reset)(jax.random.split(k_env, args.num_envs))
-        return TrainState(params, tx.init(params), env_state, obs, envs.rms_init(env.obs_shape),
-                          envs.reward_scaler_init(args.num_envs), k_train, jnp.int32(0))
+        return TrainState(
+            params,
+            tx.init(params),
+            env_state,
+            obs,
+            envs.rms_init(env.obs_shape),
+            envs.reward_scaler_init(args.num_envs),
+            k_train,
+            jnp.int32(0),
+        )
 
     # One iteration: steps 1-3 -------------------------------------------------------------------
     def iteration(state):
-        learning_rate = lr(state.iteration * args.num_epochs * num_minibatches)
+        lr_now = learning_rate(state.iteration * args.num_epochs * num_minibatches)
         state, traj, (done, ep_return, ep_length, discounted_return) = rollout(state)  # 1.
-        last_value = critic.apply(state.params["v"], norm(state, state.obs))
+        last_value = critic.apply(state.params["v"], normalize(state, state.obs))
         adv, target = gae(traj.reward, traj.value, traj.done, last_value, args.gamma, args.gae_lambda)  # 2.
-        batch = Batch(norm(state, traj.obs), traj.action, traj.log_pi, traj.value, adv, target)
+        batch = Batch(normalize(state, traj.obs), traj.action, traj.log_pi, traj.value, adv, target)
         state, stats = ppo_update(state, batch)  # 3.
         # Statistics for the next rollout, from this one's observations and returns.
         obs_rms, scaler = state.obs_rms, state.reward_scaler
@@ -249,7 +271,7 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         state = state._replace(obs_rms=obs_rms, reward_scaler=scaler, iteration=state.iteration + 1)
         residual = target - traj.value
         stats.update(
-            learning_rate=learning_rate,
+            learning_rate=lr_now,
             explained_variance=1.0 - residual.var() / (target.var() + 1e-8),
             episodes=done.sum(),
             return_sum=jnp.sum(done * ep_return),
@@ -265,7 +287,7 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         def step(carry, t):
             env_state, obs, scaler, noise, key = carry
             key, k_act, k_env = jax.random.split(key, 3)
-            dist = actor.apply(state.params["pi"], norm(state, obs))
+            dist = actor.apply(state.params["pi"], normalize(state, obs))
             if args.noise_hold_steps > 1:  # one noise draw per environment, held for noise_hold_steps steps (eq. 16)
                 noise = jnp.where(t % args.noise_hold_steps == 0, jax.random.normal(k_act, noise.shape), noise)
                 action = dist[0] + jnp.exp(dist[1]) * noise
@@ -278,19 +300,29 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
             scaler, discounted_return = envs.track_returns(scaler, reward, done, args.gamma)
             if args.normalize_reward:
                 reward = envs.scale_reward(scaler, reward)
-            transition = Transition(obs, action, log_prob(spec, dist, action), None, reward, done.astype(jnp.float32))
+            recorded = Step(
+                obs, action, log_prob(spec, dist, action), reward, done.astype(jnp.float32), ts.truncated, ts.final_obs
+            )
             episodes = (done, ts.episode_return, ts.episode_length, discounted_return)
-            return (ts.state, ts.obs, scaler, noise, key), (transition, ts.final_obs, ts.truncated, episodes)
+            return (ts.state, ts.obs, scaler, noise, key), (recorded, episodes)
 
         noise = jnp.zeros((args.num_envs, spec.n))
-        (env_state, obs, scaler, _, key), (traj, final_obs, truncated, episodes) = jax.lax.scan(
-            step, (state.env_state, state.obs, state.reward_scaler, noise, state.key), jnp.arange(args.num_steps))
+        (env_state, obs, scaler, _, key), (steps, episodes) = jax.lax.scan(
+            step, (state.env_state, state.obs, state.reward_scaler, noise, state.key), jnp.arange(args.num_steps)
+        )
         # V is fixed during the rollout, so it is applied once to all [T, E] observations after it
         # (a batched pass, not one per step). A truncated episode did not end: its reward bootstraps
         # from V of the TRUE final observation (eq. 4).
         v = state.params["v"]
-        traj = traj._replace(value=critic.apply(v, norm(state, traj.obs)),
-                             reward=traj.reward + args.gamma * truncated * critic.apply(v, norm(state, final_obs)))
+        bootstrap = args.gamma * steps.truncated * critic.apply(v, normalize(state, steps.final_obs))
+        traj = Transition(
+            obs=steps.obs,
+            action=steps.action,
+            log_pi=steps.log_pi,
+            value=critic.apply(v, normalize(state, steps.obs)),
+            reward=steps.reward + bootstrap,
+            done=steps.done,
+        )
         state = state._replace(env_state=env_state, obs=obs, reward_scaler=scaler, key=key)
         return state, traj, episodes
 
@@ -309,81 +341,63 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
             return (optax.apply_updates(params, updates), opt_state), stats
 
         def epoch(carry, key):
-            perm = runner.permutation(key, batch_size)  # uniformly random (faster on a CPU than jax.random.permutation)
+            perm = training.permutation(key, batch_size)
             mbs = jax.tree.map(lambda x: x[perm].reshape((num_minibatches, -1) + x.shape[1:]), flat)
             return jax.lax.scan(minibatch_step, carry, mbs)
 
         key, k_perm = jax.random.split(state.key)
         (params, opt_state), stats = jax.lax.scan(
-            epoch, (state.params, state.opt_state), jax.random.split(k_perm, args.num_epochs))
+            epoch, (state.params, state.opt_state), jax.random.split(k_perm, args.num_epochs)
+        )
         stats = jax.tree.map(jnp.mean, stats)
         stats["clip_coef"] = jnp.float32(clip_coef)
         return state._replace(params=params, opt_state=opt_state, key=key), stats
 
-    # Evaluation and the compiled interval ---------------------------------------------------------
-    def evaluate(state, key):
-        """eval_episodes full episodes of the deterministic policy (mode of pi) on separate
-        environments, with the training's observation statistics frozen; undiscounted returns."""
-        k_reset, k_step = jax.random.split(key)
-        obs, env_state = jax.vmap(env.reset)(jax.random.split(k_reset, args.eval_episodes))
-        zeros = jnp.zeros(args.eval_episodes)
-
-        def body(carry):
-            obs, env_state, done, ret, key = carry
-            key, k = jax.random.split(key)
-            action = mode(spec, actor.apply(state.params["pi"], norm(state, obs)))
-            ts = jax.vmap(env.step)(jax.random.split(k, args.eval_episodes), env_state, action)
-            ret = ret + jnp.where(done, 0.0, ts.reward)
-            return ts.obs, ts.state, done | ts.terminated | ts.truncated, ret, key
-
-        carry = (obs, env_state, zeros.astype(bool), zeros, k_step)
-        return jax.lax.while_loop(lambda c: ~jnp.all(c[2]), body, carry)[3]
-
-    def train_chunk(state, num_active):
-        """iters_per_chunk iterations (only the first num_active run: the last chunk may be
-        shorter, with no recompilation), then one evaluation. Metrics are means over the chunk."""
-        stats_shape = jax.eval_shape(iteration, state)[1]
-
-        def body(state, i):
-            skip = lambda s: (s, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), stats_shape))
-            return jax.lax.cond(i < num_active, iteration, skip, state)
-
-        state, stats = jax.lax.scan(body, state, jnp.arange(iters_per_chunk))
-        active = jnp.arange(iters_per_chunk) < num_active
-        n_ep = stats.pop("episodes").sum()
-        metrics = {k: jnp.sum(v * active) / num_active for k, v in stats.items()
-                   if k not in ("return_sum", "length_sum")}
-        metrics["train_return"] = jnp.where(n_ep > 0, stats["return_sum"].sum() / n_ep, jnp.nan)
-        metrics["train_length"] = jnp.where(n_ep > 0, stats["length_sum"].sum() / n_ep, jnp.nan)
+    # The evaluation interval: iterations, then one evaluation of pi -------------------------------
+    def train_interval(state, num_active):
+        """iters_per_interval iterations (only the first num_active run: the last interval may be
+        shorter, with no recompilation), then eval_episodes episodes of the mode of pi. Metrics are
+        means over the interval (training.interval_metrics)."""
+        skip = training.skip_iteration(iteration, state)
+        state, stats = jax.lax.scan(
+            lambda s, i: jax.lax.cond(i < num_active, iteration, skip, s), state, jnp.arange(iters_per_interval)
+        )
+        metrics = training.interval_metrics(stats, num_active)
         key, k_eval = jax.random.split(state.key)
-        returns = evaluate(state, k_eval)
+        act = lambda obs: mode(spec, actor.apply(state.params["pi"], normalize(state, obs)))  # noqa: E731
+        returns = training.evaluate(env, act, args.eval_episodes, k_eval)
         metrics.update(eval_return=returns.mean(), eval_return_std=returns.std())
         return state._replace(key=key), metrics
 
-    return Trainer(init, iteration, rollout, train_chunk, iters_per_chunk, num_iterations, actor, critic)
+    return Trainer(init, iteration, rollout, train_interval, iters_per_interval, num_iterations, actor, critic)
 
 
-METRIC_COLUMNS = ("seed", "env_steps", "train_return", "train_length", "eval_return", "eval_return_std",
-                  "pg_loss", "v_loss", "entropy", "approx_kl", "clip_frac", "explained_variance",
-                  "learning_rate", "clip_coef")
+METRIC_COLUMNS = (
+    "seed",
+    "env_steps",
+    "train_return",
+    "train_length",
+    "eval_return",
+    "eval_return_std",
+    "pg_loss",
+    "v_loss",
+    "entropy",
+    "approx_kl",
+    "clip_frac",
+    "explained_variance",
+    "learning_rate",
+    "clip_coef",
+)
 
 
 # ----------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Args:
-    # The defaults are the BPO reference's `cartpole_ppo` settings run for 500k steps.
-    preset: tuple[str, ...] = ()
-    """named presets applied in order before any other flag (see PRESETS); later flags override them"""
-    env_id: str = "CartPole-v1"
-    """environment id: gymnax (CartPole-v1, Pendulum-v1, ...), Brax (ant, hopper, ...) or Playground (CheetahRun, ...)"""
-    env_backend: str = "mjx"
-    """physics backend: Brax's mjx, generalized, positional or spring; Playground's mjx"""
-    seed: int = 0
-    """first seed; the run trains seeds seed, seed+1, ..., seed+num_seeds-1"""
-    num_seeds: int = 4
-    """independent seeds trained together (vmapped) in one program"""
+class Args(runner.RunArgs):
+    """PPO's hyperparameters; the run's own flags (env id, seeds, outputs, ...) are runner.RunArgs.
+    The defaults are the BPO reference's `cartpole_ppo` settings run for 500k steps."""
+
     total_timesteps: int = 500_000
     """environment steps per seed"""
     num_envs: int = 8
@@ -443,107 +457,160 @@ class Args:
     """clip continuous actions to the action bounds before they reach the environment"""
     max_episode_steps: int = 0
     """episode time limit; 0 uses the environment's own (gymnax's, or 1000 for Brax)"""
-    eval_every: int = 10_000
-    """environment steps per seed between evaluations (and metric rows)"""
-    eval_episodes: int = 10
-    """episodes of the deterministic policy per evaluation"""
-    output_dir: str | None = None
-    """where outputs go; default runs/ppo_<env>_<time>"""
-    overwrite: bool = False
-    """allow writing into an existing non-empty output directory (a previous run's outputs are removed)"""
-    checkpoint_every: int = 10
-    """save a checkpoint of every seed's complete training state every this many evaluation
-    intervals, at the end, and when stopped by Ctrl-C or SIGTERM (the latest 3 are kept); 0: never"""
-    resume: str | None = None
-    """continue the run in this output folder from its latest checkpoint, with its saved
-    configuration: no other flag may change it, but a larger --total-timesteps extends it"""
-    tensorboard: bool = False
-    """also write every metric of every seed, and their means, to <output-dir>/tb (tensorboardX)"""
-    sweep: tuple[str, ...] = ()
-    """KEY=V1,V2,... [KEY=V1,V2,...]: train the grid product of these values (each member with
-    every seed) in one compiled program, e.g. --sweep clip_coef=0.1,0.2 gamma=0.99,0.999; numbers
-    and switches that change no shape and no loop count (--sweep help lists them)"""
-    num_devices: int = 0
-    """spread the members x seeds over this many devices (jax.sharding, padded to a multiple);
-    0: every device (every host's, under jax.distributed.initialize())"""
 
 
-# Presets: names -> field values, applied in order (compose e.g. `--preset mujoco_ppo`).
+# Presets: names -> field values, applied in order; where each value comes from: docs/presets.md.
 PRESETS: dict[str, dict[str, Any]] = {
-    # PureJaxRL's CartPole settings and algorithm: its clipped value loss, and its vf_coef 0.5
-    # multiplying 0.5 * squared error (here vf_coef multiplies the squared error itself).
+    # PureJaxRL's CartPole settings and algorithm
     "purejaxrl_cartpole": dict(
-        env_id="CartPole-v1", total_timesteps=500_000, num_envs=4, num_steps=128, num_epochs=4,
-        minibatch_size=128, learning_rate=2.5e-4, anneal_lr=True, anneal_clip=False, ent_coef=0.01,
-        vf_coef=0.25, clip_vloss=True,
-        gamma=0.99, gae_lambda=0.95, clip_coef=0.2, hidden_sizes=(64, 64),
-        actor_activation="tanh", critic_activation="tanh", kernel_init="orthogonal",
+        env_id="CartPole-v1",
+        total_timesteps=500_000,
+        num_envs=4,
+        num_steps=128,
+        num_epochs=4,
+        minibatch_size=128,
+        learning_rate=2.5e-4,
+        anneal_lr=True,
+        anneal_clip=False,
+        ent_coef=0.01,
+        vf_coef=0.25,
+        clip_vloss=True,
+        gamma=0.99,
+        gae_lambda=0.95,
+        clip_coef=0.2,
+        hidden_sizes=(64, 64),
+        actor_activation="tanh",
+        critic_activation="tanh",
+        kernel_init="orthogonal",
         normalize_obs=False,
     ),
-    # The BPO reference code's PPO settings (docs/algorithm.md, "Presets").
+    # The BPO reference code's PPO settings
     "cartpole_ppo": dict(
-        env_id="CartPole-v1", total_timesteps=100_000, num_envs=8, num_steps=32,
-        minibatch_size=256, num_epochs=20, gae_lambda=0.8, gamma=0.98, clip_coef=0.2,
-        anneal_clip=True, learning_rate=1e-3, anneal_lr=True, ent_coef=0.0, vf_coef=0.5,
-        hidden_sizes=(64, 64), actor_activation="tanh", critic_activation="tanh",
-        kernel_init="lecun_normal", normalize_obs=False,
+        env_id="CartPole-v1",
+        total_timesteps=100_000,
+        num_envs=8,
+        num_steps=32,
+        minibatch_size=256,
+        num_epochs=20,
+        gae_lambda=0.8,
+        gamma=0.98,
+        clip_coef=0.2,
+        anneal_clip=True,
+        learning_rate=1e-3,
+        anneal_lr=True,
+        ent_coef=0.0,
+        vf_coef=0.5,
+        hidden_sizes=(64, 64),
+        actor_activation="tanh",
+        critic_activation="tanh",
+        kernel_init="lecun_normal",
+        normalize_obs=False,
     ),
     "mujoco_ppo": dict(
-        total_timesteps=1_500_000, num_envs=1, num_steps=2048, minibatch_size=64, num_epochs=10,
-        gamma=0.99, gae_lambda=0.95, clip_coef=0.2, anneal_clip=False, learning_rate=3e-4,
-        anneal_lr=False, ent_coef=0.001, vf_coef=0.5, clip_actions=True, hidden_sizes=(64, 64),
-        actor_activation="relu", critic_activation="relu", kernel_init="orthogonal",
+        total_timesteps=1_500_000,
+        num_envs=1,
+        num_steps=2048,
+        minibatch_size=64,
+        num_epochs=10,
+        gamma=0.99,
+        gae_lambda=0.95,
+        clip_coef=0.2,
+        anneal_clip=False,
+        learning_rate=3e-4,
+        anneal_lr=False,
+        ent_coef=0.001,
+        vf_coef=0.5,
+        clip_actions=True,
+        hidden_sizes=(64, 64),
+        actor_activation="relu",
+        critic_activation="relu",
+        kernel_init="orthogonal",
         normalize_obs=True,  # ours: Brax observations are unscaled
-        use_sde=False, log_std_init=0.0, eval_every=50_000,
+        use_sde=False,
+        log_std_init=0.0,
+        eval_every=50_000,
     ),
     # The reference's MuJoCo preset with held exploration noise (its names: use_sde, sde_sample_freq).
     "mujoco_ppo_gsde": dict(
-        total_timesteps=2_000_000, num_envs=16, num_steps=512, minibatch_size=128, num_epochs=20,
-        gamma=0.99, gae_lambda=0.9, clip_coef=0.4, anneal_clip=False, learning_rate=3e-5,
-        anneal_lr=False, ent_coef=0.0, vf_coef=0.5, clip_actions=True, hidden_sizes=(256, 256),
-        actor_activation="relu", critic_activation="relu", kernel_init="lecun_normal",
-        use_sde=True, sde_sample_freq=4, log_std_init=-1.0,
-        normalize_obs=False,  # as the reference; measured on hopper, normalising did not help here (README)
+        total_timesteps=2_000_000,
+        num_envs=16,
+        num_steps=512,
+        minibatch_size=128,
+        num_epochs=20,
+        gamma=0.99,
+        gae_lambda=0.9,
+        clip_coef=0.4,
+        anneal_clip=False,
+        learning_rate=3e-5,
+        anneal_lr=False,
+        ent_coef=0.0,
+        vf_coef=0.5,
+        clip_actions=True,
+        hidden_sizes=(256, 256),
+        actor_activation="relu",
+        critic_activation="relu",
+        kernel_init="lecun_normal",
+        use_sde=True,
+        sde_sample_freq=4,
+        log_std_init=-1.0,
+        normalize_obs=False,  # as the reference
         eval_every=50_000,
     ),
     # RL Baselines3 Zoo's Pendulum-v1 PPO settings (without its state-dependent noise).
     "pendulum_ppo": dict(
-        env_id="Pendulum-v1", total_timesteps=200_000, num_envs=4, num_steps=1024,
-        minibatch_size=64, num_epochs=10, gamma=0.9, gae_lambda=0.95, clip_coef=0.2,
-        anneal_clip=False, learning_rate=1e-3, anneal_lr=False, ent_coef=0.0, vf_coef=0.5,
-        hidden_sizes=(64, 64), actor_activation="tanh", critic_activation="tanh",
-        kernel_init="orthogonal", normalize_obs=False, eval_every=20_000,
+        env_id="Pendulum-v1",
+        total_timesteps=200_000,
+        num_envs=4,
+        num_steps=1024,
+        minibatch_size=64,
+        num_epochs=10,
+        gamma=0.9,
+        gae_lambda=0.95,
+        clip_coef=0.2,
+        anneal_clip=False,
+        learning_rate=1e-3,
+        anneal_lr=False,
+        ent_coef=0.0,
+        vf_coef=0.5,
+        hidden_sizes=(64, 64),
+        actor_activation="tanh",
+        critic_activation="tanh",
+        kernel_init="orthogonal",
+        normalize_obs=False,
+        eval_every=20_000,
     ),
-    # MuJoCo Playground's PPO settings for its DM Control Suite (playground 0.2.0's
-    # dm_control_suite_params.brax_ppo_config, with Brax 0.14.2's PPO defaults where it is silent):
-    # those its 19 tasks without an override share. env_id is left unset: give --env-id. One Brax
-    # training step, 2048 envs x 16 unrolls of 30 steps, is num_envs 2048 x num_steps 480 = 983,040
-    # env steps, in 32 minibatches of 1024 x 30 = 30,720, 16 passes. Per-task overrides, by hand:
-    #   --gamma 0.95                     BallInCup, FingerSpin
-    #   --total-timesteps 100000000      AcrobotSwingup, AcrobotSwingupSparse, SwimmerSwimmer6, WalkerRun
-    # (Playground's PendulumSwingup override, action_repeat 4 and 4 passes, is keyed on the name
-    # "PendulumSwingUp", which no task has: Playground trains PendulumSwingup with these settings.)
-    # Brax's value loss is 0.5 * vf_loss_coefficient (0.5) * squared error: vf_coef 0.25. Brax's
-    # max_grad_norm None (no clipping) is max_grad_norm inf here (optax's clip_by_global_norm with
-    # inf leaves every gradient as it is). Brax's lecun_uniform init: lecun_normal (same variance).
-    # Brax runs more than num_timesteps: with num_evals 10 and num_resets_per_eval 10 it takes
-    # 9 x 10 x ceil(60M / (9 x 10 x 983,040)) = 90 training steps, 88,473,600 env steps (100M: 180,
-    # 176,947,200), and resets every environment after each training step, so its training episodes
-    # stop at 480 of their 1000 steps; here 60M is 61 iterations (59,965,440 steps) and environments
-    # run on across iterations to the 1000-step limit.
-    # Not expressible here: Brax's tanh-squashed normal with a state-dependent std
-    # (softplus(x) + 0.001); this is a Gaussian with a state-independent log std, started at Brax's
-    # initial std softplus(0) + 0.001 = 0.694, and actions clipped to [-1, 1]. Nor Brax's GAE, which
-    # runs over each 30-step unroll with the current V in every minibatch and zeroes the TD error at
-    # a time limit (here GAE runs over the 480-step rollout once, and a time limit bootstraps, eq. 4).
+    # MuJoCo Playground's DM Control Suite PPO settings (what they are and how they differ: docs/presets.md)
     "playground_dm_control": dict(
-        total_timesteps=60_000_000, num_envs=2048, num_steps=480, minibatch_size=30_720, num_epochs=16,
-        learning_rate=1e-3, anneal_lr=False, adam_eps=1e-8, max_grad_norm=float("inf"), gamma=0.995,
-        gae_lambda=0.95, clip_coef=0.3, anneal_clip=False, clip_vloss=False, norm_adv=True, ent_coef=0.01,
-        vf_coef=0.25, hidden_sizes=(32, 32, 32, 32), critic_hidden_sizes=(256, 256, 256, 256, 256),
-        actor_activation="swish", critic_activation="swish", kernel_init="lecun_normal",
-        use_sde=False, log_std_init=-0.365, reward_scale=10.0, normalize_obs=True,
-        normalize_reward=False, clip_actions=True, max_episode_steps=0, eval_every=5 * 983_040,
+        total_timesteps=60_000_000,
+        num_envs=2048,
+        num_steps=480,
+        minibatch_size=30_720,
+        num_epochs=16,
+        learning_rate=1e-3,
+        anneal_lr=False,
+        adam_eps=1e-8,
+        max_grad_norm=float("inf"),
+        gamma=0.995,
+        gae_lambda=0.95,
+        clip_coef=0.3,
+        anneal_clip=False,
+        clip_vloss=False,
+        norm_adv=True,
+        ent_coef=0.01,
+        vf_coef=0.25,
+        hidden_sizes=(32, 32, 32, 32),
+        critic_hidden_sizes=(256, 256, 256, 256, 256),
+        actor_activation="swish",
+        critic_activation="swish",
+        kernel_init="lecun_normal",
+        use_sde=False,
+        log_std_init=-0.365,
+        reward_scale=10.0,
+        normalize_obs=True,
+        normalize_reward=False,
+        clip_actions=True,
+        max_episode_steps=0,
+        eval_every=5 * 983_040,
     ),
 }
 # What a Brax or a Playground env id gets without --preset
@@ -551,9 +618,22 @@ SUITE_PRESETS = {"brax": ["mujoco_ppo"], "playground": ["playground_dm_control"]
 
 # The flags --sweep may vary: numbers and switches that change no array shape, no loop count
 # and no program structure; the compiled program reads them as (vmapped) inputs.
-SWEEPABLE = ("learning_rate", "anneal_lr", "adam_eps", "max_grad_norm", "gamma", "gae_lambda",
-             "clip_coef", "anneal_clip", "clip_vloss", "norm_adv", "ent_coef", "vf_coef", "log_std_init",
-             "reward_scale")
+SWEEPABLE = (
+    "learning_rate",
+    "anneal_lr",
+    "adam_eps",
+    "max_grad_norm",
+    "gamma",
+    "gae_lambda",
+    "clip_coef",
+    "anneal_clip",
+    "clip_vloss",
+    "norm_adv",
+    "ent_coef",
+    "vf_coef",
+    "log_std_init",
+    "reward_scale",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> Args:

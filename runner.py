@@ -15,7 +15,11 @@ Everything that is not the algorithm lives here, once:
 - interruption: Ctrl-C (SIGINT) or SIGTERM stop the run at the end of the interval in flight, save
   a checkpoint, and every output then describes the same, last completed interval; the process
   exits non-zero with the command that resumes it;
-- and one piece the compiled programs share: `permutation`, the minibatch shuffles.
+- the flags that control a run rather than the algorithm (`RunArgs`, which each script's `Args`
+  inherits), and jax's CPU compilation options (`configure_jax`, which each script calls).
+
+The compiled pieces the scripts share (the minibatch shuffle, evaluation, the interval's
+statistics) are in training.py.
 """
 
 from __future__ import annotations
@@ -29,9 +33,9 @@ import itertools
 import json
 import os
 import resource
+import shutil
 import signal
 import sys
-import shutil
 import tempfile
 import time
 from typing import Any, Callable, NamedTuple
@@ -44,38 +48,42 @@ import tyro
 
 import envs
 
+# ----------------------------------------------------------------------------------------------
+# jax's CPU compilation options, set by each script's call of configure_jax()
+# ----------------------------------------------------------------------------------------------
 # XLA's CPU backend hands matmuls, elementwise ops and reductions to YNNPACK "library fusions". For
 # the small networks here, its fusions of elementwise ops and reductions into the matmuls (tanh,
 # LayerNorm) are slower than XLA's own loops: YNNPACK for the matmuls alone makes bpo.py's training
-# program about 1.2x as fast on a CPU (ppo.py's 1.12x before the unrolled threefry below, 1.01x
-# with it; README, "Speed"). XLA reads the flag when it creates its CPU client, which importing does
-# not do, so setting it here, before any computation, is in time. Only for the jax it was measured on (an unknown XLA flag is a fatal
-# error), never over XLA_FLAGS that name it, and not with BPO_XLA_DEFAULTS=1; GPU programs are not
-# affected.
+# program about 1.2x as fast on a CPU (docs/performance.md). GPU programs are not affected.
 CPU_XLA_FLAG = "--xla_cpu_experimental_ynn_fusion_type=dot"
-if (jax.__version__ == "0.10.2" and os.environ.get("BPO_XLA_DEFAULTS") != "1"
-        and "xla_cpu_experimental_ynn_fusion_type" not in os.environ.get("XLA_FLAGS", "")):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {CPU_XLA_FLAG}".strip()
+CPU_THREEFRY_UNROLLED = False  # set by configure_jax()
 
 
-def _unroll_threefry_on_cpu() -> bool:
-    """jax lowers its random generator's block function (threefry2x32, every key split and draw) on
-    a CPU as a rolled loop over its 5 rounds, to compile faster; on every other platform, unrolled.
-    The rolled loop is a while loop per call, and its overhead at the rollout's draws (keys, actions,
-    resets) costs ppo.py about 5% of its training time on a CPU (README, "Speed"). The unrolled
-    lowering computes the same integers: the numbers are bitwise the same (tests/test_cpu_flags.py).
-    It lives in jax's private modules, hence only for the jax it was measured on, and not with
-    BPO_XLA_DEFAULTS=1."""
+def configure_jax() -> None:
+    """The CPU compilation options measured faster here (docs/performance.md), for the jax they
+    were measured on (0.10.2) and not with BPO_XLA_DEFAULTS=1; each script calls this once, at
+    import, before anything is computed. Two changes, neither of the numbers' meaning:
+
+    - XLA_FLAGS gains CPU_XLA_FLAG (YNNPACK for matmuls only), unless XLA_FLAGS already names that
+      option. XLA reads its flags when it creates its CPU client, at the first computation, so
+      setting them at import is in time; an unknown flag would be a fatal error, hence the version.
+    - jax's random generator (threefry2x32: every key split and draw) is lowered on the CPU as it is
+      on every other platform, its 5 rounds unrolled, instead of a rolled while loop per call whose
+      overhead costs ppo.py about 5% on a CPU. The same integers: bitwise the same numbers
+      (tests/test_cpu_flags.py). It registers a lowering in jax's private modules.
+    Calling it again does nothing more."""
+    global CPU_THREEFRY_UNROLLED
     if jax.__version__ != "0.10.2" or os.environ.get("BPO_XLA_DEFAULTS") == "1":
-        return False
-    from jax._src.interpreters import mlir
-    from jax._src.random import threefry2x32
+        return
+    if "xla_cpu_experimental_ynn_fusion_type" not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {CPU_XLA_FLAG}".strip()
+    if not CPU_THREEFRY_UNROLLED:
+        from jax._src.interpreters import mlir
+        from jax._src.random import threefry2x32
 
-    mlir.register_lowering(threefry2x32.threefry2x32_p, threefry2x32._threefry2x32_lowering_rule, platform="cpu")
-    return True
+        mlir.register_lowering(threefry2x32.threefry2x32_p, threefry2x32._threefry2x32_lowering_rule, platform="cpu")
+        CPU_THREEFRY_UNROLLED = True
 
-
-CPU_THREEFRY_UNROLLED = _unroll_threefry_on_cpu()
 
 OUTPUT_FILES = ("config.json", "metrics.csv", "summary.json", "params.msgpack", "curves.png")
 OUTPUT_FOLDERS = ("checkpoints", "tb")
@@ -84,6 +92,47 @@ EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
 
 class ConfigError(ValueError):
     """Bad input, reported as one line before anything is compiled."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunArgs:
+    """The flags every script shares that choose and control a run, not the algorithm: each
+    script's `Args` inherits them and adds its hyperparameters (tyro lists these first)."""
+
+    preset: tuple[str, ...] = ()
+    """named presets applied in order before any other flag (see PRESETS; docs/presets.md); later flags override them"""
+    env_id: str = "CartPole-v1"
+    """environment id: gymnax (CartPole-v1, Pendulum-v1, ...), Brax (ant, hopper, ...) or Playground
+    (CheetahRun, ...)"""
+    env_backend: str = "mjx"
+    """physics backend: Brax's mjx, generalized, positional or spring; Playground's mjx"""
+    seed: int = 0
+    """first seed; the run trains seeds seed, seed+1, ..., seed+num_seeds-1"""
+    num_seeds: int = 4
+    """independent seeds trained together (vmapped) in one program"""
+    eval_every: int = 10_000
+    """environment steps per seed between evaluations (and metric rows)"""
+    eval_episodes: int = 10
+    """episodes of the deterministic policy pi (never BPO's mu) per evaluation"""
+    output_dir: str | None = None
+    """where outputs go; default runs/<script>_<env>_<time>"""
+    overwrite: bool = False
+    """allow writing into an existing non-empty output directory (a previous run's outputs are removed)"""
+    checkpoint_every: int = 10
+    """save a checkpoint of every seed's complete training state every this many evaluation
+    intervals, at the end, and when stopped by Ctrl-C or SIGTERM (the latest 3 are kept); 0: never"""
+    resume: str | None = None
+    """continue the run in this output folder from its latest checkpoint, with its saved
+    configuration: no other flag may change it, but a larger --total-timesteps extends it"""
+    tensorboard: bool = False
+    """also write every metric of every seed, and their means, to <output-dir>/tb (tensorboardX)"""
+    sweep: tuple[str, ...] = ()
+    """KEY=V1,V2,... [KEY=V1,V2,...]: train the grid product of these values (each member with
+    every seed) in one compiled program, e.g. --sweep clip_coef=0.1,0.2 gamma=0.99,0.999; numbers
+    and switches that change no shape and no loop count (--sweep help lists them)"""
+    num_devices: int = 0
+    """spread the members x seeds over this many devices (jax.sharding, padded to a multiple);
+    0: every device (every host's, under jax.distributed.initialize())"""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -126,13 +175,22 @@ def parse_args(args_type, presets: dict[str, dict], suite_presets: dict[str, lis
         suite = "brax" if envs.is_brax(known.env_id) else "playground" if envs.is_playground(known.env_id) else None
         names = list(suite_presets.get(suite, []))
         if names:
-            print(f"{known.env_id} is a {suite.title()} task: using --preset {' '.join(names)} (pass --preset to choose)")
+            print(
+                f"{known.env_id} is a {suite.title()} task: using --preset {' '.join(names)} (pass --preset to choose)"
+            )
     default = apply_presets(args_type(), presets, names)
     return tyro.cli(args_type, args=argv, default=default, description=description)
 
 
-RESUME_MAY_CHANGE = ("resume", "output_dir", "overwrite", "total_timesteps", "checkpoint_every", "tensorboard",
-                     "num_devices")
+RESUME_MAY_CHANGE = (
+    "resume",
+    "output_dir",
+    "overwrite",
+    "total_timesteps",
+    "checkpoint_every",
+    "tensorboard",
+    "num_devices",
+)
 
 
 def resumed_args(args_type, folder: str, argv, description: str):
@@ -146,26 +204,35 @@ def resumed_args(args_type, folder: str, argv, description: str):
     saved, fields = config["args"], {f.name for f in dataclasses.fields(args_type)}
     if set(saved) != fields:
         differ = sorted(set(saved) ^ fields)
-        raise ConfigError(f"--resume {folder!r}: a run of {config['algo']}.py, whose flags differ from this "
-                          f"script's ({', '.join(differ[:4])}{', ...' if len(differ) > 4 else ''})")
+        raise ConfigError(
+            f"--resume {folder!r}: a run of {config['algo']}.py, whose flags differ from this "
+            f"script's ({', '.join(differ[:4])}{', ...' if len(differ) > 4 else ''})"
+        )
     saved = args_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
     saved = dataclasses.replace(saved, resume=folder, output_dir=folder)
     args = tyro.cli(args_type, args=argv, default=saved, description=description)
     for name in sorted(fields - set(RESUME_MAY_CHANGE)):
         if getattr(args, name) != getattr(saved, name):
-            raise ConfigError(f"--resume: {_flag(name)} {getattr(args, name)} differs from the run's "
-                              f"{getattr(saved, name)}; only a larger --total-timesteps may change it")
+            raise ConfigError(
+                f"--resume: {_flag(name)} {getattr(args, name)} differs from the run's "
+                f"{getattr(saved, name)}; only a larger --total-timesteps may change it"
+            )
     if args.total_timesteps < saved.total_timesteps:
-        raise ConfigError(f"--resume: --total-timesteps {args.total_timesteps} is less than the run's "
-                          f"{saved.total_timesteps} (it may only grow)")
+        raise ConfigError(
+            f"--resume: --total-timesteps {args.total_timesteps} is less than the run's "
+            f"{saved.total_timesteps} (it may only grow)"
+        )
     if args.output_dir != folder:
         raise ConfigError(f"--resume writes into {folder!r}; --output-dir {args.output_dir!r} differs")
     # Exactly the uninterrupted run's numbers need the same compiled programs: the same jax and XLA flags.
     was, now = config.get("versions", {}), versions()
     changed = [k for k in ("jax", "jaxlib", "XLA_FLAGS") if k in was and was[k] != now[k]]
     if changed:
-        print(f"warning: --resume {folder!r}: {', '.join(f'{k} {was[k]!r} is now {now[k]!r}' for k in changed)}; "
-              "the resumed part may differ in the last bits from an uninterrupted run", file=sys.stderr)
+        print(
+            f"warning: --resume {folder!r}: {', '.join(f'{k} {was[k]!r} is now {now[k]!r}' for k in changed)}; "
+            "the resumed part may differ in the last bits from an uninterrupted run",
+            file=sys.stderr,
+        )
     return args
 
 
@@ -191,8 +258,16 @@ def validate(args) -> None:
     backends = envs.BRAX_BACKENDS if envs.is_brax(args.env_id) else envs.PLAYGROUND_BACKENDS
     if (envs.is_brax(args.env_id) or envs.is_playground(args.env_id)) and args.env_backend not in backends:
         raise ConfigError(f"--env-backend {args.env_backend!r} is not one of {', '.join(backends)}")
-    for name in ("num_seeds", "total_timesteps", "num_envs", "num_steps", "num_epochs",
-                 "minibatch_size", "eval_every", "eval_episodes"):
+    for name in (
+        "num_seeds",
+        "total_timesteps",
+        "num_envs",
+        "num_steps",
+        "num_epochs",
+        "minibatch_size",
+        "eval_every",
+        "eval_episodes",
+    ):
         if getattr(args, name) <= 0:
             raise ConfigError(f"{_flag(name)} must be positive, got {getattr(args, name)}")
     for name in ("max_episode_steps", "noise_hold_steps", "checkpoint_every"):
@@ -210,11 +285,13 @@ def validate(args) -> None:
     if batch % args.minibatch_size:
         raise ConfigError(
             f"--num-envs {args.num_envs} x --num-steps {args.num_steps} = {batch} is not divisible "
-            f"by --minibatch-size {args.minibatch_size}")
+            f"by --minibatch-size {args.minibatch_size}"
+        )
     if args.total_timesteps < batch:
         raise ConfigError(
             f"--total-timesteps {args.total_timesteps} is less than one rollout "
-            f"(--num-envs {args.num_envs} x --num-steps {args.num_steps} = {batch})")
+            f"(--num-envs {args.num_envs} x --num-steps {args.num_steps} = {batch})"
+        )
 
 
 def make_env(args) -> envs.Env:
@@ -225,7 +302,9 @@ def make_env(args) -> envs.Env:
     except ModuleNotFoundError as e:  # an optional suite (MuJoCo Playground) that is not installed
         raise ConfigError(str(e))
     if args.noise_hold_steps > 1 and env.action_spec.discrete:
-        raise ConfigError(f"--noise-hold-steps {args.noise_hold_steps} needs continuous actions; {env_id} has discrete ones")
+        raise ConfigError(
+            f"--noise-hold-steps {args.noise_hold_steps} needs continuous actions; {env_id} has discrete ones"
+        )
     return env
 
 
@@ -236,33 +315,11 @@ def init_seeds(init: Callable, seeds: list[int], hp: dict | None = None):
     no QR is batched: jaxlib's batched CPU QR (orthogonal init under vmap) can deadlock its thread
     pool on a small machine."""
     init = jax.jit(init)
-    rows = [init(jax.random.PRNGKey(s)) if hp is None else init(jax.random.PRNGKey(s), {k: v[j] for k, v in hp.items()})
-            for j, s in enumerate(seeds)]
+    rows = [
+        init(jax.random.PRNGKey(s)) if hp is None else init(jax.random.PRNGKey(s), {k: v[j] for k, v in hp.items()})
+        for j, s in enumerate(seeds)
+    ]
     return jax.tree.map(lambda *xs: jnp.stack(xs), *rows)
-
-
-def permutation(key, n: int, first=None) -> jax.Array:
-    """A random permutation of range(n) (int32), as jax.random.permutation draws one, for the
-    scripts' minibatch shuffles, about 3x faster on a CPU. XLA's CPU sort is fast on one array of
-    uint32 and slow on keys with values (a comparator call per comparison), so each element is packed
-    into one word, (random bits, index), and the words are sorted. Beside a ceil(log2 n)-bit index a
-    word holds fewer than 32 random bits, so the sort is repeated with fresh bits on the previous
-    order, until ties (broken by position) are as unlikely as in jax.random.permutation: n^3 <=
-    2^(random bits x rounds), one round for n <= 256, two up to 2^12. With `first` (bool [n]), the
-    elements where it is True come first (each group in random order; the word's top bit)."""
-    index_bits = max(1, (n - 1).bit_length())
-    random_bits = 32 - index_bits - (first is not None)
-    if random_bits < 4:
-        raise ValueError(f"permutation: n = {n} is too large to pack with its index into 32 bits")
-    rounds = -(-3 * index_bits // random_bits)
-    position = jnp.arange(n, dtype=jnp.uint32)
-    order = position
-    for k in jax.random.split(key, rounds):
-        word = (jax.random.bits(k, (n,), jnp.uint32) >> (32 - random_bits)) << index_bits | position
-        if first is not None:
-            word = word | jnp.where(first[order], jnp.uint32(0), jnp.uint32(1 << 31))
-        order = order[jnp.sort(word) & ((1 << index_bits) - 1)]
-    return order.astype(jnp.int32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,7 +328,8 @@ def permutation(key, n: int, first=None) -> jax.Array:
 def prepare_output_dir(args, algo: str) -> str:
     """The run's folder: new, empty, or (with --overwrite) emptied of a previous run's outputs."""
     out = args.output_dir or os.path.join(
-        "runs", f"{algo}_{envs.canonical_id(args.env_id)}_{datetime.datetime.now():%Y%m%d-%H%M%S}")
+        "runs", f"{algo}_{envs.canonical_id(args.env_id)}_{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    )
     if os.path.exists(out) and not os.path.isdir(out):
         raise ConfigError(f"--output-dir {out!r} is a file, not a folder")
     if os.path.isdir(out) and os.listdir(out):
@@ -321,14 +379,25 @@ def plot_curves(rows: list[dict], sweep: Sweep, path: str, title: str) -> None:
         by_seed: dict[int, dict] = {}
         for r in rows:  # a diverged seed's rows hold no return: its curve stops
             if r.get("member", 0) == k:
-                by_seed.setdefault(r["seed"], {})[r["env_steps"]] = r.get("eval_return") if not r["diverged"] else np.nan
+                by_seed.setdefault(r["seed"], {})[r["env_steps"]] = (
+                    r.get("eval_return") if not r["diverged"] else np.nan
+                )
         curves = np.array([[s.get(x, np.nan) for x in steps] for s in by_seed.values()])
         label = f"{member_label(member)}: " if member else ""
-        line, = ax.plot(steps, np.nanmean(curves, 0), label=f"{label}mean over {len(curves)} seeds")
-        ax.fill_between(steps, np.nanmin(curves, 0), np.nanmax(curves, 0), color=line.get_color(), alpha=0.2,
-                        label=None if member else "min-max over seeds")
-    ax.set(xlabel="environment steps (per seed)", ylabel="eval return",
-           title=title + (" (bands: min-max over seeds)" if sweep.keys else ""))
+        (line,) = ax.plot(steps, np.nanmean(curves, 0), label=f"{label}mean over {len(curves)} seeds")
+        ax.fill_between(
+            steps,
+            np.nanmin(curves, 0),
+            np.nanmax(curves, 0),
+            color=line.get_color(),
+            alpha=0.2,
+            label=None if member else "min-max over seeds",
+        )
+    ax.set(
+        xlabel="environment steps (per seed)",
+        ylabel="eval return",
+        title=title + (" (bands: min-max over seeds)" if sweep.keys else ""),
+    )
     ax.xaxis.set_major_formatter(EngFormatter())  # 100k, 1.5M: readable ticks
     ax.legend(fontsize="small" if len(sweep.members) < 6 else "x-small")
     fig.tight_layout()
@@ -348,8 +417,11 @@ class _StopRequest:
         if self.signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal = signum
-        print(f"\n{signal.Signals(signum).name}: stopping after the interval in flight "
-              "(Ctrl-C again to stop now and lose it)", flush=True)
+        print(
+            f"\n{signal.Signals(signum).name}: stopping after the interval in flight "
+            "(Ctrl-C again to stop now and lose it)",
+            flush=True,
+        )
 
     @contextlib.contextmanager
     def installed(self):
@@ -365,7 +437,9 @@ class _StopRequest:
 def _signals_deferred():
     """While outputs are written, a signal is noted, not raised: no half-written file."""
     caught = []
-    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield caught
     finally:
@@ -385,8 +459,9 @@ def checkpoint_manager(out: str):
     checkpoint as the latest usable one."""
     import orbax.checkpoint as ocp
 
-    options = ocp.CheckpointManagerOptions(max_to_keep=KEEP_CHECKPOINTS, enable_async_checkpointing=False,
-                                           create=True, cleanup_tmp_directories=True)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=KEEP_CHECKPOINTS, enable_async_checkpointing=False, create=True, cleanup_tmp_directories=True
+    )
     return ocp.CheckpointManager(os.path.abspath(os.path.join(out, "checkpoints")), options=options)
 
 
@@ -397,8 +472,11 @@ def save_checkpoint(manager, step: int, state, meta: dict) -> float:
     import orbax.checkpoint as ocp
 
     t0 = time.perf_counter()
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_without_empty(state)),
-                                               meta=ocp.args.JsonSave(meta)), force=True)
+    manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(_without_empty(state)), meta=ocp.args.JsonSave(meta)),
+        force=True,
+    )
     manager.wait_until_finished()
     return time.perf_counter() - t0
 
@@ -410,8 +488,9 @@ def restore_checkpoint(manager, like):
     step = manager.latest_step()
     if step is None:
         raise ConfigError(f"--resume: no checkpoint in {manager.directory}")
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_without_empty(like)),
-                                                             meta=ocp.args.JsonRestore()))
+    restored = manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_without_empty(like)), meta=ocp.args.JsonRestore())
+    )
     state = jax.tree.map(lambda x, r: x if r is None else r, like, restored.state, is_leaf=lambda r: r is None)
     return state, restored.meta
 
@@ -455,6 +534,7 @@ class Sweep(NamedTuple):
     """The grid of `--sweep KEY=V1,V2 ...`: the swept keys and each member's values (one member
     with no values when nothing is swept). Member k, seed i is row k * num_seeds + i of every
     batched array."""
+
     keys: tuple[str, ...]
     members: list[dict]
 
@@ -477,8 +557,10 @@ def parse_sweep(args, sweepable: tuple[str, ...], validate_args: Callable) -> Sw
         if key not in fields:
             raise ConfigError(f"--sweep: {key!r} is not a flag of this script; {listing}")
         if key not in sweepable:
-            raise ConfigError(f"--sweep: {key} sets an array shape, a loop count or the program's structure, so it "
-                              f"cannot vary inside one compiled program; {listing}")
+            raise ConfigError(
+                f"--sweep: {key} sets an array shape, a loop count or the program's structure, so it "
+                f"cannot vary inside one compiled program; {listing}"
+            )
         if key in grid:
             raise ConfigError(f"--sweep: {key} is given twice")
         grid[key] = [_sweep_value(key, fields[key], v.strip()) for v in values.split(",")]
@@ -505,9 +587,13 @@ def _sweep_value(key: str, kind: str, text: str):
 
 def sweep_inputs(sweep: Sweep, num_seeds: int) -> dict[str, np.ndarray]:
     """Each swept key's value on every row (member-major), the traced inputs of the program."""
-    return {k: np.array([m[k] for m in sweep.members for _ in range(num_seeds)],
-                        dtype=np.bool_ if isinstance(sweep.members[0][k], bool) else np.float32)
-            for k in sweep.keys}
+    return {
+        k: np.array(
+            [m[k] for m in sweep.members for _ in range(num_seeds)],
+            dtype=np.bool_ if isinstance(sweep.members[0][k], bool) else np.float32,
+        )
+        for k in sweep.keys
+    }
 
 
 def member_label(member: dict) -> str:
@@ -523,8 +609,10 @@ def with_values(make_train: Callable, args, env) -> Callable:
         try:
             return make_train(dataclasses.replace(args, **hp), env)
         except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError) as e:
-            raise ConfigError(f"--sweep {' '.join(hp)}: in this configuration a swept value decides "
-                              f"the program's structure ({type(e).__name__}); run those values one by one") from None
+            raise ConfigError(
+                f"--sweep {' '.join(hp)}: in this configuration a swept value decides "
+                f"the program's structure ({type(e).__name__}); run those values one by one"
+            ) from None
 
     return trainer
 
@@ -536,14 +624,17 @@ def run_devices(num_devices: int, num_rows: int) -> list:
     if num_devices < 0:
         raise ConfigError(f"--num-devices must be >= 0 (0: all), got {num_devices}")
     if num_devices > len(available):
-        raise ConfigError(f"--num-devices {num_devices}: there are {len(available)} "
-                          f"({', '.join(sorted({d.platform for d in available}))})")
+        raise ConfigError(
+            f"--num-devices {num_devices}: there are {len(available)} "
+            f"({', '.join(sorted({d.platform for d in available}))})"
+        )
     return available[: min(num_devices or len(available), num_rows)]
 
 
 class Placement(NamedTuple):
     """Where the rows live: on one device as they are, or padded to a multiple of the device count
     (with copies of the last row) and sharded on their leading axis over a 1-D mesh."""
+
     devices: list
     num_rows: int
 
@@ -580,163 +671,287 @@ class Placement(NamedTuple):
 # ----------------------------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------------------------
-def run(args, algo: str, validate_args: Callable, make_train: Callable, metric_columns: tuple[str, ...],
-        sweepable: tuple[str, ...] = ()) -> dict:
+class Plan(NamedTuple):
+    """What a run is, decided from its arguments before anything is written or compiled."""
+
+    args: Any
+    algo: str  # the script: ppo, bpo or bpo_traj
+    env_id: str
+    sweep: Sweep
+    seeds: list[int]
+    runs: list[tuple[int, int]]  # the rows: (member, seed), member-major
+    names: list[str]  # each row's key in summary.json's "diverged": "seed" or "member/seed"
+    place: Placement
+    hp: dict  # each swept key's value on every row: the program's traced inputs
+    trainer: Any  # the script's trainer of `args` (the swept values aside)
+    init: Callable  # (key, hp) -> one row's initial state
+    program: Callable  # jitted, vmapped over rows: (states, hp, num_active) -> (states, metrics)
+    batch: int  # env steps per seed per iteration
+    metric_columns: tuple[str, ...]
+    columns: tuple[str, ...]  # metrics.csv's header
+
+
+def run(
+    args,
+    algo: str,
+    validate_args: Callable,
+    make_train: Callable,
+    metric_columns: tuple[str, ...],
+    sweepable: tuple[str, ...] = (),
+    row_warning: Callable[[dict], str | None] | None = None,
+) -> dict:
     """Check the arguments, train every member of the sweep and every seed, write every output;
     returns the summary.
 
     `make_train(args, env)` returns the script's trainer: `init(key) -> state`,
-    `train_chunk(state, num_active) -> (state, metrics)` (num_active <= iters_per_chunk iterations
-    and one evaluation; metrics holds metric_columns[2:]), `iters_per_chunk`, `num_iterations`.
-    `state.params` (and `state.obs_rms`) are what params.msgpack saves. It is called inside the
-    compiled function with the swept keys (`sweepable`) as traced values. The rows (member k,
-    seed i at row k * num_seeds + i) are vmapped under the axis name "seeds" and sharded over the
-    devices."""
-    validate_args(args)
-    sweep = parse_sweep(args, sweepable, validate_args)
-    env = make_env(args)
-    env_id = envs.canonical_id(args.env_id)
-    trainer = make_train(args, env)
-    seeds = list(range(args.seed, args.seed + args.num_seeds))
-    runs = [(k, s) for k in range(len(sweep.members)) for s in seeds]  # the rows
-    place = Placement(run_devices(args.num_devices, len(runs)), len(runs))
-    hp = sweep_inputs(sweep, len(seeds))
-    values = with_values(make_train, args, env)
-    init = lambda key, hp: values(hp).init(key)  # noqa: E731
-    chunk = jax.jit(jax.vmap(lambda state, hp, n: guarded(values(hp).train_chunk)(state, n),
-                             in_axes=(0, 0, None), axis_name="seeds"))
-    if sweep.keys:  # a swept value that decides the program's structure: an error before anything is written
-        like = jax.eval_shape(init, jax.random.PRNGKey(0), {k: v[0] for k, v in hp.items()})
-        jax.eval_shape(chunk, jax.tree.map(lambda x: jax.ShapeDtypeStruct((len(runs), *x.shape), x.dtype), like),
-                       hp, jnp.int32(0))
+    `train_interval(state, num_active) -> (state, metrics)` (num_active <= iters_per_interval
+    iterations and one evaluation; metrics holds metric_columns[2:]), `iters_per_interval`,
+    `num_iterations`. `state.params` (and `state.obs_rms`) are what params.msgpack saves. It is
+    called inside the compiled function with the swept keys (`sweepable`) as traced values. The rows
+    (member k, seed i at row k * num_seeds + i) are vmapped under the axis name "seeds" and sharded
+    over the devices. `row_warning(row)`, the script's own check of a metrics row, returns a message
+    to print, or None."""
+    plan = plan_run(args, algo, validate_args, make_train, metric_columns, sweepable)  # nothing written yet
+    out = output_folder(plan)
     resuming = args.resume is not None
-    if jax.process_count() > 1 and (args.checkpoint_every or resuming):
-        raise ConfigError(f"{jax.process_count()} processes (jax.distributed): checkpoints and --resume are not "
-                          "supported across hosts yet; pass --checkpoint-every 0")
-    if jax.process_index() > 0:  # several hosts: process 0 writes the outputs, the others' go nowhere
-        out = tempfile.mkdtemp(prefix=f"{algo}_process{jax.process_index()}_")
-    else:
-        out = args.resume if resuming else prepare_output_dir(args, algo)
-    if resuming:
-        with open(os.path.join(out, "config.json")) as f:
-            saved_algo = json.load(f)["algo"]
-        if saved_algo != algo:
-            raise ConfigError(f"--resume {out!r}: a run of {saved_algo}.py, not of {algo}.py")
-    batch = args.num_envs * args.num_steps
-    lead = ("member", *(f"sweep.{k}" for k in sweep.keys)) if sweep.keys else ()  # metrics may share a key's name
-    columns = lead + tuple(metric_columns) + ("diverged",)
-    names = [f"{k}/{s}" if sweep.keys else str(s) for k, s in runs]  # keys of summary.json's "diverged"
-    stop = _StopRequest()
     manager = checkpoint_manager(out) if args.checkpoint_every > 0 or resuming else None
-
+    stop = _StopRequest()
     with stop.installed():
-        try:
-            t0 = time.perf_counter()
-            state = init_seeds(init, [s for _, s in runs], hp)
-            state = jax.block_until_ready(state)
-            hp_in = place.put(hp)
-            compiled = chunk.lower(place.put(state), hp_in, jnp.int32(0)).compile()
-            compile_seconds = time.perf_counter() - t0
-        except KeyboardInterrupt:  # a second Ctrl-C during compilation: nothing was computed
-            stop.signal = stop.signal or signal.SIGINT
+        state, compiled, compile_seconds = compile_program(plan, stop)
         if stop.signal is not None:
             if not resuming and not os.listdir(out):
                 os.rmdir(out)
             print(f"{signal.Signals(stop.signal).name} before training began: nothing computed, nothing written")
-            return dict(algo=algo, env_id=env_id, seeds=seeds, completed=False, interrupted=True, env_steps=0)
-
-        progress = dict(done_iters=0, num_rows=0, diverged={}, train_seconds=0.0, checkpoint_seconds=[])
-        rows: list[dict] = []
-        if resuming:
-            state, progress = restore_checkpoint(manager, state)
-            rows = truncate_metrics(os.path.join(out, "metrics.csv"), progress["num_rows"])
-            print(f"resuming {out} at {progress['done_iters'] * batch:,} env steps per seed")
-        with open(os.path.join(out, "config.json"), "w") as f:
-            json.dump(dict(algo=algo, args=dataclasses.asdict(args), env_id=env_id, seeds=seeds,
-                           **({"members": sweep.members} if sweep.keys else {}), versions=versions(),
-                           device=f"{place.devices[0].platform}: {place.devices[0].device_kind}",
-                           devices=[str(d) for d in place.devices], processes=jax.process_count()), f, indent=2)
-        if sweep.keys:
-            print(f"sweep of {len(sweep.members)} members x {len(seeds)} seeds in one program on "
-                  f"{len(place.devices)} device(s): " + "; ".join(f"{k}: {member_label(m)}" for k, m in enumerate(sweep.members)))
-        tb = tensorboard_writer(out, args, progress["done_iters"] * batch) if args.tensorboard else None
-        frozen = np.array([name in progress["diverged"] for name in names])
-        state = place.put(state)  # from here on: the program's layout (padded, sharded)
-        done_iters, saved_at = progress["done_iters"], progress["done_iters"]
-        t_train = time.perf_counter()
-        with open(os.path.join(out, "metrics.csv"), "a" if resuming else "w", newline="") as csv_file:
-            writer = csv.DictWriter(csv_file, fieldnames=columns)
-            if not resuming:
-                writer.writeheader()
-            try:
-                while done_iters < trainer.num_iterations and stop.signal is None:
-                    n = min(trainer.iters_per_chunk, trainer.num_iterations - done_iters)
-                    # Dispatch is asynchronous: `state` is rebound only once the interval's metrics
-                    # are on the host and written, so it always matches metrics.csv.
-                    next_state, metrics = compiled(state, hp_in, jnp.int32(n))
-                    metrics = jax.device_get(place.get(metrics))
-                    newly = ~metrics.pop("finite") & ~frozen
-                    with _signals_deferred() as caught:
-                        steps = (done_iters + n) * batch
-                        for i in np.flatnonzero(newly):
-                            progress["diverged"][names[i]] = steps
-                            print(f"{row_label(sweep, runs[i])} diverged (non-finite parameters, losses or returns) by "
-                                  f"{steps:,} env steps: frozen at {done_iters * batch:,} steps; the other seeds "
-                                  "train on", flush=True)
-                        frozen = frozen | newly
-                        if frozen.any():
-                            padded = np.concatenate([frozen, np.repeat(frozen[-1:], place.padding)])
-                            state = keep_frozen(padded, next_state, state)
-                        else:
-                            state = next_state
-                        done_iters += n
-                        new_rows = metric_rows(sweep, runs, steps, metrics, columns, frozen)
-                        writer.writerows(new_rows)
-                        csv_file.flush()
-                        rows += new_rows
-                        if tb is not None:
-                            log_tensorboard(tb, new_rows, metric_columns[2:], steps)
-                        progress.update(done_iters=done_iters, num_rows=len(rows),
-                                        train_seconds=progress["train_seconds"] + time.perf_counter() - t_train)
-                        due = args.checkpoint_every * trainer.iters_per_chunk
-                        if args.checkpoint_every and done_iters - saved_at >= due:
-                            progress["checkpoint_seconds"].append(
-                                save_checkpoint(manager, done_iters, place.get(state), progress))
-                            saved_at = done_iters
-                        t_train = time.perf_counter()
-                    if caught:  # a signal that came while the rows were written: handled now
-                        stop(caught[0], None)
-                    for r in new_rows:  # bpo.py's variance probe: its two means should agree
-                        if abs(r.get("probe_bias_z", 0.0)) > 3:
-                            print(f"{row_label(sweep, (r.get('member', 0), r['seed']))} at {steps:,} steps: the "
-                                  f"variance probe's importance-weighted mean differs from the on-policy one by "
-                                  f"{r['probe_bias_z']:.1f} standard errors (unbiased estimates should agree within "
-                                  "about 3)", flush=True)
-                    for k, member in enumerate(sweep.members):
-                        print_progress(f"{algo} {env_id}" + (f" {member_label(member)}" if member else ""),
-                                       new_rows[k * len(seeds):(k + 1) * len(seeds)], done_iters,
-                                       trainer.num_iterations, batch, progress["train_seconds"], len(runs))
-            except KeyboardInterrupt:  # the second Ctrl-C: the interval in flight is dropped
-                stop.signal = signal.SIGINT
-
+            return dict(algo=algo, env_id=plan.env_id, seeds=plan.seeds, completed=False, interrupted=True, env_steps=0)
+        state, progress, rows = start_or_resume(plan, out, manager, state)
+        write_config(plan, out)
+        state, rows, saved_at = train_intervals(plan, out, compiled, state, progress, rows, manager, stop, row_warning)
         with _signals_deferred():
-            state = place.get(state)
-            if args.checkpoint_every and saved_at != done_iters:
-                progress["checkpoint_seconds"].append(save_checkpoint(manager, done_iters, state, progress))
-            if tb is not None:
-                tb.close()
+            state = plan.place.get(state)
+            if args.checkpoint_every and saved_at != progress["done_iters"]:
+                progress["checkpoint_seconds"].append(save_checkpoint(manager, progress["done_iters"], state, progress))
             latest = manager.latest_step() if manager else None
             checkpoint_mb = directory_mb(os.path.join(out, "checkpoints", str(latest))) if latest is not None else None
-            summary = write_outputs(out, algo, env_id, sweep, runs, names, state, rows, progress, batch,
-                                    trainer.num_iterations, compile_seconds, checkpoint_mb,
-                                    interrupted=stop.signal is not None and done_iters < trainer.num_iterations)
+            interrupted = stop.signal is not None and progress["done_iters"] < plan.trainer.num_iterations
+            summary = write_outputs(out, plan, state, rows, progress, compile_seconds, checkpoint_mb, interrupted)
     if summary["interrupted"]:
         script = os.path.basename(sys.argv[0]) if sys.argv[0].endswith(".py") else f"{algo}.py"
-        how = (f"resume with: python {script} --resume {out}" if manager
-               else "no checkpoint was saved (--checkpoint-every 0): it cannot be resumed")
-        print(f"interrupted after {summary['env_steps']:,} of {trainer.num_iterations * batch:,} env steps per "
-              f"seed; every output describes that point; {how}", flush=True)
+        how = (
+            f"resume with: python {script} --resume {out}"
+            if manager
+            else "no checkpoint was saved (--checkpoint-every 0): it cannot be resumed"
+        )
+        print(
+            f"interrupted after {summary['env_steps']:,} of {plan.trainer.num_iterations * plan.batch:,} env steps "
+            f"per seed; every output describes that point; {how}",
+            flush=True,
+        )
     return summary
+
+
+def plan_run(args, algo, validate_args, make_train, metric_columns, sweepable) -> Plan:
+    """The checks (one-line errors), the environment, the sweep's grid, the devices and the vmapped
+    program, traced but not compiled: a swept value that decides the program's structure is an
+    error here, before anything is written."""
+    validate_args(args)
+    sweep = parse_sweep(args, sweepable, validate_args)
+    env = make_env(args)
+    seeds = list(range(args.seed, args.seed + args.num_seeds))
+    runs = [(k, s) for k in range(len(sweep.members)) for s in seeds]
+    hp = sweep_inputs(sweep, len(seeds))
+    values = with_values(make_train, args, env)
+    init = lambda key, hp: values(hp).init(key)  # noqa: E731
+    program = jax.jit(
+        jax.vmap(
+            lambda state, hp, n: guarded(values(hp).train_interval)(state, n), in_axes=(0, 0, None), axis_name="seeds"
+        )
+    )
+    if sweep.keys:
+        like = jax.eval_shape(init, jax.random.PRNGKey(0), {k: v[0] for k, v in hp.items()})
+        jax.eval_shape(
+            program,
+            jax.tree.map(lambda x: jax.ShapeDtypeStruct((len(runs), *x.shape), x.dtype), like),
+            hp,
+            jnp.int32(0),
+        )
+    if jax.process_count() > 1 and (args.checkpoint_every or args.resume is not None):
+        raise ConfigError(
+            f"{jax.process_count()} processes (jax.distributed): checkpoints and --resume are not "
+            "supported across hosts yet; pass --checkpoint-every 0"
+        )
+    lead = ("member", *(f"sweep.{k}" for k in sweep.keys)) if sweep.keys else ()  # metrics may share a key's name
+    return Plan(
+        args,
+        algo,
+        envs.canonical_id(args.env_id),
+        sweep,
+        seeds,
+        runs,
+        names=[f"{k}/{s}" if sweep.keys else str(s) for k, s in runs],
+        place=Placement(run_devices(args.num_devices, len(runs)), len(runs)),
+        hp=hp,
+        trainer=make_train(args, env),
+        init=init,
+        program=program,
+        batch=args.num_envs * args.num_steps,
+        metric_columns=tuple(metric_columns),
+        columns=lead + tuple(metric_columns) + ("diverged",),
+    )
+
+
+def output_folder(plan: Plan) -> str:
+    """The run's folder: the resumed one (of the same script), or a new or emptied one; on the
+    hosts after the first (jax.distributed), a temporary folder whose outputs go nowhere."""
+    args = plan.args
+    if jax.process_index() > 0:
+        return tempfile.mkdtemp(prefix=f"{plan.algo}_process{jax.process_index()}_")
+    if args.resume is None:
+        return prepare_output_dir(args, plan.algo)
+    with open(os.path.join(args.resume, "config.json")) as f:
+        saved_algo = json.load(f)["algo"]
+    if saved_algo != plan.algo:
+        raise ConfigError(f"--resume {args.resume!r}: a run of {saved_algo}.py, not of {plan.algo}.py")
+    return args.resume
+
+
+def compile_program(plan: Plan, stop: _StopRequest):
+    """Every row's initial state and the compiled program (with its seconds). A second Ctrl-C
+    during compilation is noted in `stop`: nothing was computed."""
+    try:
+        t0 = time.perf_counter()
+        state = jax.block_until_ready(init_seeds(plan.init, [s for _, s in plan.runs], plan.hp))
+        compiled = plan.program.lower(plan.place.put(state), plan.place.put(plan.hp), jnp.int32(0)).compile()
+        return state, compiled, time.perf_counter() - t0
+    except KeyboardInterrupt:
+        stop.signal = stop.signal or signal.SIGINT
+        return None, None, 0.0
+
+
+def start_or_resume(plan: Plan, out: str, manager, state):
+    """(state, progress, rows): fresh, or the latest checkpoint's, with metrics.csv cut back to
+    the rows written up to it."""
+    progress = dict(done_iters=0, num_rows=0, diverged={}, train_seconds=0.0, checkpoint_seconds=[])
+    if plan.args.resume is None:
+        return state, progress, []
+    state, progress = restore_checkpoint(manager, state)
+    rows = truncate_metrics(os.path.join(out, "metrics.csv"), progress["num_rows"])
+    print(f"resuming {out} at {progress['done_iters'] * plan.batch:,} env steps per seed")
+    return state, progress, rows
+
+
+def write_config(plan: Plan, out: str) -> None:
+    """config.json: the arguments, seeds, sweep members, versions and devices of the run."""
+    sweep, place = plan.sweep, plan.place
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(
+            dict(
+                algo=plan.algo,
+                args=dataclasses.asdict(plan.args),
+                env_id=plan.env_id,
+                seeds=plan.seeds,
+                **({"members": sweep.members} if sweep.keys else {}),
+                versions=versions(),
+                device=f"{place.devices[0].platform}: {place.devices[0].device_kind}",
+                devices=[str(d) for d in place.devices],
+                processes=jax.process_count(),
+            ),
+            f,
+            indent=2,
+        )
+    if sweep.keys:
+        print(
+            f"sweep of {len(sweep.members)} members x {len(plan.seeds)} seeds in one program on "
+            f"{len(place.devices)} device(s): "
+            + "; ".join(f"{k}: {member_label(m)}" for k, m in enumerate(sweep.members))
+        )
+
+
+def train_intervals(plan: Plan, out, compiled, state, progress, rows, manager, stop, row_warning):
+    """The interval loop: the compiled program once per evaluation interval until the budget is
+    spent or a stop is requested; after each, the divergence guard, metrics.csv's rows, progress
+    lines, TensorBoard and the checkpoints that are due. Returns (state, rows, the iteration of the
+    last checkpoint); `progress` is updated in place."""
+    args, trainer, sweep, batch = plan.args, plan.trainer, plan.sweep, plan.batch
+    resuming = args.resume is not None
+    tb = tensorboard_writer(out, args, progress["done_iters"] * batch) if args.tensorboard else None
+    frozen = np.array([name in progress["diverged"] for name in plan.names])
+    hp_in = plan.place.put(plan.hp)
+    state = plan.place.put(state)  # from here on: the program's layout (padded, sharded)
+    done_iters, saved_at = progress["done_iters"], progress["done_iters"]
+    t_train = time.perf_counter()
+    with open(os.path.join(out, "metrics.csv"), "a" if resuming else "w", newline="") as csv_file:
+        writer = csv.DictWriter(csv_file, fieldnames=plan.columns)
+        if not resuming:
+            writer.writeheader()
+        try:
+            while done_iters < trainer.num_iterations and stop.signal is None:
+                n = min(trainer.iters_per_interval, trainer.num_iterations - done_iters)
+                # Dispatch is asynchronous: `state` is rebound only once the interval's metrics are on
+                # the host and written, so it always matches metrics.csv.
+                next_state, metrics = compiled(state, hp_in, jnp.int32(n))
+                metrics = jax.device_get(plan.place.get(metrics))
+                newly = ~metrics.pop("finite") & ~frozen
+                with _signals_deferred() as caught:
+                    steps = (done_iters + n) * batch
+                    for i in np.flatnonzero(newly):
+                        progress["diverged"][plan.names[i]] = steps
+                        print(
+                            f"{row_label(sweep, plan.runs[i])} diverged (non-finite parameters, losses or returns) "
+                            f"by {steps:,} env steps: frozen at {done_iters * batch:,} steps; the other seeds "
+                            "train on",
+                            flush=True,
+                        )
+                    frozen = frozen | newly
+                    if frozen.any():
+                        padded = np.concatenate([frozen, np.repeat(frozen[-1:], plan.place.padding)])
+                        state = keep_frozen(padded, next_state, state)
+                    else:
+                        state = next_state
+                    done_iters += n
+                    new_rows = metric_rows(sweep, plan.runs, steps, metrics, plan.columns, frozen)
+                    writer.writerows(new_rows)
+                    csv_file.flush()
+                    rows += new_rows
+                    if tb is not None:
+                        log_tensorboard(tb, new_rows, plan.metric_columns[2:], steps)
+                    progress.update(
+                        done_iters=done_iters,
+                        num_rows=len(rows),
+                        train_seconds=progress["train_seconds"] + time.perf_counter() - t_train,
+                    )
+                    if (
+                        args.checkpoint_every
+                        and done_iters - saved_at >= args.checkpoint_every * trainer.iters_per_interval
+                    ):
+                        progress["checkpoint_seconds"].append(
+                            save_checkpoint(manager, done_iters, plan.place.get(state), progress)
+                        )
+                        saved_at = done_iters
+                    t_train = time.perf_counter()
+                if caught:  # a signal that came while the rows were written: handled now
+                    stop(caught[0], None)
+                for r in new_rows if row_warning else ():
+                    message = row_warning(r)
+                    if message:
+                        print(
+                            f"{row_label(sweep, (r.get('member', 0), r['seed']))} at {steps:,} steps: {message}",
+                            flush=True,
+                        )
+                for k, member in enumerate(sweep.members):
+                    print_progress(
+                        f"{plan.algo} {plan.env_id}" + (f" {member_label(member)}" if member else ""),
+                        new_rows[k * len(plan.seeds) : (k + 1) * len(plan.seeds)],
+                        done_iters,
+                        trainer.num_iterations,
+                        batch,
+                        progress["train_seconds"],
+                        len(plan.runs),
+                    )
+        except KeyboardInterrupt:  # the second Ctrl-C: the interval in flight is dropped
+            stop.signal = signal.SIGINT
+    if tb is not None:
+        tb.close()
+    return state, rows, saved_at
 
 
 def row_label(sweep: Sweep, run: tuple[int, int]) -> str:
@@ -752,7 +967,7 @@ def metric_rows(sweep: Sweep, runs, steps, metrics, columns, frozen) -> list[dic
         row = {"member": k, **{f"sweep.{key}": float(v) for key, v in sweep.members[k].items()}} if sweep.keys else {}
         row.update(seed=seed, env_steps=steps, diverged=int(frozen[i]))
         if not frozen[i]:
-            row.update({c: float(metrics[c][i]) for c in columns[columns.index("env_steps") + 1:-1]})
+            row.update({c: float(metrics[c][i]) for c in columns[columns.index("env_steps") + 1 : -1]})
         rows.append(row)
     return rows
 
@@ -773,7 +988,9 @@ def read_metrics(path: str) -> list[dict]:
     """metrics.csv's rows as the run wrote them (member, seed, env_steps and diverged as integers)."""
     ints = ("member", "seed", "env_steps", "diverged")
     with open(path, newline="") as f:
-        return [{k: int(float(v)) if k in ints else float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+        return [
+            {k: int(float(v)) if k in ints else float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)
+        ]
 
 
 def print_progress(name, last_rows, done_iters, num_iterations, batch, train_seconds, num_rows):
@@ -782,11 +999,14 @@ def print_progress(name, last_rows, done_iters, num_iterations, batch, train_sec
     train = [r["train_return"] for r in healthy if np.isfinite(r["train_return"])]
     evals = [r["eval_return"] for r in healthy]
     note = f" ({len(healthy)} of {len(last_rows)} seeds)" if len(healthy) < len(last_rows) else ""
-    print(f"[{name}] {done_iters * batch:>10,}/{num_iterations * batch:,} steps"
-          f" | {done_iters * batch * num_rows / max(train_seconds, 1e-9):>9,.0f} steps/s"
-          f" | train return {np.mean(train) if train else float('nan'):8.2f}"
-          f" | eval return {np.mean(evals) if evals else float('nan'):8.2f}{note}"
-          f" | {train_seconds:6.1f}s", flush=True)
+    print(
+        f"[{name}] {done_iters * batch:>10,}/{num_iterations * batch:,} steps"
+        f" | {done_iters * batch * num_rows / max(train_seconds, 1e-9):>9,.0f} steps/s"
+        f" | train return {np.mean(train) if train else float('nan'):8.2f}"
+        f" | eval return {np.mean(evals) if evals else float('nan'):8.2f}{note}"
+        f" | {train_seconds:6.1f}s",
+        flush=True,
+    )
 
 
 def tensorboard_writer(out: str, args, start_step: int):
@@ -819,20 +1039,24 @@ def log_tensorboard(writer, rows: list[dict], metrics, steps: int) -> None:
     writer.flush()
 
 
-def write_outputs(out, algo, env_id, sweep, runs, names, state, rows, progress, batch, num_iterations,
-                  compile_seconds, checkpoint_mb, interrupted) -> dict:
+def write_outputs(out, plan: Plan, state, rows, progress, compile_seconds, checkpoint_mb, interrupted) -> dict:
     """summary.json, params.msgpack and curves.png for the last completed interval, and the
     console's closing table."""
+    algo, env_id, sweep, runs, names, batch = plan.algo, plan.env_id, plan.sweep, plan.runs, plan.names, plan.batch
+    num_iterations = plan.trainer.num_iterations
     done_iters, train_seconds, diverged = progress["done_iters"], progress["train_seconds"], progress["diverged"]
-    last = rows[-len(runs):] if rows else []
+    last = rows[-len(runs) :] if rows else []
     final = [None if not last or name in diverged else last[i]["eval_return"] for i, name in enumerate(names)]
     seeds = sorted({s for _, s in runs})
-    per_member = [final[k * len(seeds):(k + 1) * len(seeds)] for k in range(len(sweep.members))]
-    means = [float(np.mean([x for x in m if x is not None])) if any(x is not None for x in m) else None
-             for m in per_member]
+    per_member = [final[k * len(seeds) : (k + 1) * len(seeds)] for k in range(len(sweep.members))]
+    means = [
+        float(np.mean([x for x in m if x is not None])) if any(x is not None for x in m) else None for m in per_member
+    ]
     counts = [sum(x is not None for x in m) for m in per_member]
     summary = dict(
-        algo=algo, env_id=env_id, seeds=seeds,
+        algo=algo,
+        env_id=env_id,
+        seeds=seeds,
         # null for a diverged seed; in a sweep, one list per member
         final_eval_return=per_member if sweep.keys else final,
         final_eval_return_mean=means if sweep.keys else means[0],
@@ -841,10 +1065,13 @@ def write_outputs(out, algo, env_id, sweep, runs, names, state, rows, progress, 
         diverged=diverged,  # seed (in a sweep "member/seed") -> env steps by which it had diverged
         env_steps=done_iters * batch,
         env_steps_per_second=done_iters * batch * len(runs) / max(train_seconds, 1e-9),
-        compile_seconds=compile_seconds, train_seconds=train_seconds,
+        compile_seconds=compile_seconds,
+        train_seconds=train_seconds,
         peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         checkpoints_saved=len(progress["checkpoint_seconds"]),
-        checkpoint_seconds_mean=float(np.mean(progress["checkpoint_seconds"])) if progress["checkpoint_seconds"] else None,
+        checkpoint_seconds_mean=float(np.mean(progress["checkpoint_seconds"]))
+        if progress["checkpoint_seconds"]
+        else None,
         checkpoint_mb=checkpoint_mb,  # the latest checkpoint's size on disk
         completed=not interrupted and done_iters == num_iterations,
         interrupted=interrupted,
@@ -870,11 +1097,15 @@ def write_outputs(out, algo, env_id, sweep, runs, names, state, rows, progress, 
         elif last:
             print(f"{lead}{s:>6} {last[i]['eval_return']:>18.2f} {last[i]['train_return']:>19.2f}")
     for k, member in enumerate(sweep.members if sweep.keys else []):
-        print(f"member {k} ({member_label(member)}): mean final eval return {means[k]:.2f} over {counts[k]} of "
-              f"{len(seeds)} seeds")
+        print(
+            f"member {k} ({member_label(member)}): mean final eval return {means[k]:.2f} over {counts[k]} of "
+            f"{len(seeds)} seeds"
+        )
     mean = "" if sweep.keys else f"mean final eval return {means[0]} over {counts[0]} of {len(seeds)} seeds | "
-    print(f"\n{mean}{summary['env_steps_per_second']:,.0f} env steps/s | compile {compile_seconds:.1f}s | "
-          f"train {train_seconds:.1f}s | peak memory {summary['peak_memory_mb']:.0f} MB\noutputs in {out}")
+    print(
+        f"\n{mean}{summary['env_steps_per_second']:,.0f} env steps/s | compile {compile_seconds:.1f}s | "
+        f"train {train_seconds:.1f}s | peak memory {summary['peak_memory_mb']:.0f} MB\noutputs in {out}"
+    )
     return summary
 
 

@@ -38,6 +38,8 @@ import tyro
 import envs
 import runner
 
+runner.configure_jax()  # the scripts' CPU compilation options, before anything compiles
+
 SCRIPTS = ("ppo", "bpo", "bpo_traj")
 
 
@@ -159,25 +161,44 @@ def measure(script: str, script_argv: list[str], bench: Bench) -> dict:
     env_state = jax.vmap(lambda k: jax.vmap(env.reset)(jax.random.split(k, args.num_envs))[1])(keys)
     ceiling_carry = (env_state, keys, jnp.zeros(len(seeds)), jnp.zeros(len(seeds)))
     ceiling, ceiling_compile = compile_program(
-        jax.vmap(make_ceiling(env, args.num_envs, args.num_steps * bench.iterations)), ceiling_carry)
+        jax.vmap(make_ceiling(env, args.num_envs, args.num_steps * bench.iterations)), ceiling_carry
+    )
 
     raw = make_raw(args)
     raw_state = jax.vmap(lambda k: jax.vmap(raw.reset)(jax.random.split(k, args.num_envs))[1])(keys)
     bare_carry = (raw_state, keys, jnp.zeros(len(seeds)), jnp.zeros(len(seeds)))
-    bare, bare_compile = compile_program(jax.vmap(make_bare(raw, args.num_envs, args.num_steps * bench.iterations)),
-                                         bare_carry)
+    bare, bare_compile = compile_program(
+        jax.vmap(make_bare(raw, args.num_envs, args.num_steps * bench.iterations)), bare_carry
+    )
 
-    timed = time_interleaved(dict(train=(train_compiled, state, lambda y: y[0]), ceiling=(ceiling, ceiling_carry, lambda y: y),
-                                  bare=(bare, bare_carry, lambda y: y)), bench.repeats)
+    timed = time_interleaved(
+        dict(
+            train=(train_compiled, state, lambda y: y[0]),
+            ceiling=(ceiling, ceiling_carry, lambda y: y),
+            bare=(bare, bare_carry, lambda y: y),
+        ),
+        bench.repeats,
+    )
     (train_times, state), (ceiling_times, (_, _, reward_sum, _)), (bare_times, (_, _, bare_reward_sum, _)) = (
-        timed["train"], timed["ceiling"], timed["bare"])
-    train_seconds, ceiling_seconds, bare_seconds = (float(np.median(t)) for t in (train_times, ceiling_times, bare_times))
+        timed["train"],
+        timed["ceiling"],
+        timed["bare"],
+    )
+    train_seconds, ceiling_seconds, bare_seconds = (
+        float(np.median(t)) for t in (train_times, ceiling_times, bare_times)
+    )
 
     device = jax.devices()[0]
     return dict(
-        script=f"{script}.py", argv=script_argv, env_id=envs.canonical_id(args.env_id), num_seeds=len(seeds),
-        num_envs=args.num_envs, num_steps=args.num_steps, iterations=bench.iterations,
-        repeats=bench.repeats, env_steps_per_call=steps,
+        script=f"{script}.py",
+        argv=script_argv,
+        env_id=envs.canonical_id(args.env_id),
+        num_seeds=len(seeds),
+        num_envs=args.num_envs,
+        num_steps=args.num_steps,
+        iterations=bench.iterations,
+        repeats=bench.repeats,
+        env_steps_per_call=steps,
         train_env_steps_per_second=steps / train_seconds,
         ceiling_env_steps_per_second=steps / ceiling_seconds,
         # the ratios: medians over rounds of each round's ratio (the calls of a round ran together)
@@ -186,14 +207,18 @@ def measure(script: str, script_argv: list[str], bench: Bench) -> dict:
         bare_ratio=float(np.median(bare_times / train_times)),  # training / bare
         ceiling_bare_ratio=float(np.median(bare_times / ceiling_times)),  # ceiling / bare
         # the seconds of each round's call of each program
-        train_seconds=train_times.tolist(), ceiling_seconds=ceiling_times.tolist(), bare_seconds=bare_times.tolist(),
-        train_compile_seconds=train_compile, ceiling_compile_seconds=ceiling_compile,
+        train_seconds=train_times.tolist(),
+        ceiling_seconds=ceiling_times.tolist(),
+        bare_seconds=bare_times.tolist(),
+        train_compile_seconds=train_compile,
+        ceiling_compile_seconds=ceiling_compile,
         bare_compile_seconds=bare_compile,
         # Per seed, over all repeats: what the test checks was run.
         train_iterations_run=np.asarray(state.iteration).tolist(),
         ceiling_reward_sum=np.asarray(reward_sum).tolist(),
         bare_reward_sum=np.asarray(bare_reward_sum).tolist(),
-        device=f"{device.platform}: {device.device_kind}", jax=jax.__version__,
+        device=f"{device.platform}: {device.device_kind}",
+        jax=jax.__version__,
         args=dataclasses.asdict(args),
     )
 
@@ -211,14 +236,16 @@ def split_argv(argv: list[str], tool: str, bench_type):
     the script files (a flag's value, such as `--out ppo`, is not one)."""
     found = [i for i, a in enumerate(argv) if a.endswith(".py") and os.path.basename(a)[:-3] in SCRIPTS]
     if not found:
-        raise SystemExit(f"{tool}: error: name a script ({', '.join(s + '.py' for s in SCRIPTS)}) "
-                         f"followed by its flags, e.g. `python {tool} bpo.py --env-id ant`")
+        raise SystemExit(
+            f"{tool}: error: name a script ({', '.join(s + '.py' for s in SCRIPTS)}) "
+            f"followed by its flags, e.g. `python {tool} bpo.py --env-id ant`"
+        )
     i = found[0]
     bench = tyro.cli(bench_type, args=argv[:i], prog=tool)
     counts = [name for name in ("iterations", "repeats") if hasattr(bench, name)]
     if any(getattr(bench, name) < 1 for name in counts):
         raise SystemExit(f"{tool}: error: {' and '.join('--' + name for name in counts)} must be >= 1")
-    return bench, os.path.basename(argv[i])[:-3], argv[i + 1:]
+    return bench, os.path.basename(argv[i])[:-3], argv[i + 1 :]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -228,18 +255,21 @@ def main(argv: list[str] | None = None) -> dict:
         result = measure(script, script_argv, bench)
     except ValueError as e:  # the scripts' ConfigError and envs.UnknownEnvError
         raise SystemExit(f"throughput.py: error: {e}")
-    print(f"{script}.py {' '.join(script_argv)} on {result['device']}: "
-          f"{result['num_seeds']} seeds x {result['num_envs']} envs x {result['num_steps']} steps x "
-          f"{result['iterations']} iterations = {result['env_steps_per_call']:,} env steps per call\n"
-          f"  training: {result['train_env_steps_per_second']:>12,.0f} env steps/s "
-          f"(compile {result['train_compile_seconds']:.1f}s)\n"
-          f"  ceiling:  {result['ceiling_env_steps_per_second']:>12,.0f} env steps/s "
-          f"(random actions, wrapped env, compile {result['ceiling_compile_seconds']:.1f}s)\n"
-          f"  bare:     {result['bare_env_steps_per_second']:>12,.0f} env steps/s "
-          f"(random actions, raw backend step: no wrapper, reset or time limit, "
-          f"compile {result['bare_compile_seconds']:.1f}s)\n"
-          f"  training / ceiling: {result['ratio']:.3f}   training / bare: {result['bare_ratio']:.3f}   "
-          f"ceiling / bare: {result['ceiling_bare_ratio']:.3f}", flush=True)
+    print(
+        f"{script}.py {' '.join(script_argv)} on {result['device']}: "
+        f"{result['num_seeds']} seeds x {result['num_envs']} envs x {result['num_steps']} steps x "
+        f"{result['iterations']} iterations = {result['env_steps_per_call']:,} env steps per call\n"
+        f"  training: {result['train_env_steps_per_second']:>12,.0f} env steps/s "
+        f"(compile {result['train_compile_seconds']:.1f}s)\n"
+        f"  ceiling:  {result['ceiling_env_steps_per_second']:>12,.0f} env steps/s "
+        f"(random actions, wrapped env, compile {result['ceiling_compile_seconds']:.1f}s)\n"
+        f"  bare:     {result['bare_env_steps_per_second']:>12,.0f} env steps/s "
+        f"(random actions, raw backend step: no wrapper, reset or time limit, "
+        f"compile {result['bare_compile_seconds']:.1f}s)\n"
+        f"  training / ceiling: {result['ratio']:.3f}   training / bare: {result['bare_ratio']:.3f}   "
+        f"ceiling / bare: {result['ceiling_bare_ratio']:.3f}",
+        flush=True,
+    )
     if bench.out:
         write_json(bench.out, result)
     return result

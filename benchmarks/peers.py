@@ -135,10 +135,24 @@ class Bench:
 # ----------------------------------------------------------------------------------------------
 def ppo_argv(bench: Bench) -> list[str]:
     """ppo.py's flags for this benchmark (the output folder is added by run_ppo)."""
-    return ["--preset", PPO_PRESET, "--env-id", ENV_ID, "--seed", str(bench.seed),
-            "--num-seeds", str(bench.num_seeds), "--total-timesteps", str(bench.total_timesteps),
-            "--eval-every", str(bench.eval_every), "--eval-episodes", str(bench.eval_episodes),
-            "--checkpoint-every", str(bench.checkpoint_every)]
+    return [
+        "--preset",
+        PPO_PRESET,
+        "--env-id",
+        ENV_ID,
+        "--seed",
+        str(bench.seed),
+        "--num-seeds",
+        str(bench.num_seeds),
+        "--total-timesteps",
+        str(bench.total_timesteps),
+        "--eval-every",
+        str(bench.eval_every),
+        "--eval-episodes",
+        str(bench.eval_episodes),
+        "--checkpoint-every",
+        str(bench.checkpoint_every),
+    ]
 
 
 def run_ppo(bench: Bench) -> dict:
@@ -199,7 +213,7 @@ def make_rejax(args, bench: Bench):
     batch = args.num_envs * args.num_steps
     num_minibatches = batch // args.minibatch_size
     eval_freq, eval_episodes, initial_eval = bench.rejax_eval_freq, bench.rejax_eval_episodes, bench.rejax_initial_eval
-    if bench.matched_eval:  # ppo.py's interval: whole iterations (runner.py's iters_per_chunk)
+    if bench.matched_eval:  # ppo.py's interval: whole iterations (runner.py's iters_per_interval)
         eval_freq = max(1, min(args.eval_every // batch, args.total_timesteps // batch)) * batch
         eval_episodes, initial_eval = args.eval_episodes, False
     # Rejax's train runs ceil(total / eval_freq) evaluation intervals of ceil(eval_freq / batch)
@@ -210,17 +224,27 @@ def make_rejax(args, bench: Bench):
     updates = iterations * args.num_epochs * num_minibatches
     # Rejax has no annealing flag; its learning_rate goes straight into optax.adam, which takes a
     # schedule: ppo.py's own (linear to 0 per optimizer step over the whole run).
-    lr = (optax.linear_schedule(args.learning_rate, 0.0, updates) if args.anneal_lr else args.learning_rate)
+    lr = optax.linear_schedule(args.learning_rate, 0.0, updates) if args.anneal_lr else args.learning_rate
     env, env_params = gymnax.make(ENV_ID)
     algo = PPO.create(
-        env=FiveTupleStep(env), env_params=env_params,
-        total_timesteps=total, eval_freq=eval_freq, skip_initial_evaluation=not initial_eval,
-        num_envs=args.num_envs, num_steps=args.num_steps, num_epochs=args.num_epochs,
-        num_minibatches=num_minibatches, learning_rate=lr, max_grad_norm=args.max_grad_norm,
-        gamma=args.gamma, gae_lambda=args.gae_lambda, clip_eps=args.clip_coef,
+        env=FiveTupleStep(env),
+        env_params=env_params,
+        total_timesteps=total,
+        eval_freq=eval_freq,
+        skip_initial_evaluation=not initial_eval,
+        num_envs=args.num_envs,
+        num_steps=args.num_steps,
+        num_epochs=args.num_epochs,
+        num_minibatches=num_minibatches,
+        learning_rate=lr,
+        max_grad_norm=args.max_grad_norm,
+        gamma=args.gamma,
+        gae_lambda=args.gae_lambda,
+        clip_eps=args.clip_coef,
         vf_coef=2.0 * args.vf_coef,  # Rejax: vf_coef * 0.5 * squared error; ppo.py: vf_coef * squared error
         ent_coef=args.ent_coef,
-        normalize_observations=args.normalize_obs, normalize_rewards=args.normalize_reward,
+        normalize_observations=args.normalize_obs,
+        normalize_rewards=args.normalize_reward,
         agent_kwargs=dict(activation=args.actor_activation, hidden_layer_sizes=tuple(args.hidden_sizes)),
     )
     if eval_episodes != REJAX_EVAL_EPISODES:
@@ -230,9 +254,17 @@ def make_rejax(args, bench: Bench):
             return evaluate(algo.make_act(ts), rng, env_, params_, eval_episodes, params_.max_steps_in_episode)
 
         algo = algo.replace(eval_callback=eval_callback)
-    return algo, dict(total_timesteps=total, iterations=iterations, updates=updates, num_minibatches=num_minibatches,
-                      eval_freq=eval_freq, eval_episodes=eval_episodes, initial_eval=initial_eval,
-                      iters_per_eval=iters_per_eval, matched_eval=bench.matched_eval)
+    return algo, dict(
+        total_timesteps=total,
+        iterations=iterations,
+        updates=updates,
+        num_minibatches=num_minibatches,
+        eval_freq=eval_freq,
+        eval_episodes=eval_episodes,
+        initial_eval=initial_eval,
+        iters_per_eval=iters_per_eval,
+        matched_eval=bench.matched_eval,
+    )
 
 
 def run_rejax(algo, seeds: list[int]) -> dict:
@@ -269,83 +301,178 @@ def config_rows(args, algo, derived: dict, bench: Bench, time_limit: int) -> lis
     `equivalent` (written differently, the same mathematics) or `differs` (Rejax cannot express
     ppo.py's setting, or each library's own default is kept on purpose)."""
     batch = args.num_envs * args.num_steps
-    lr = (f"{args.learning_rate:g} -> 0 linear per optimizer step over "
-          f"{(args.total_timesteps // batch) * args.num_epochs * (batch // args.minibatch_size):,} steps"
-          if args.anneal_lr else f"{args.learning_rate:g}")
-    rj_lr = (f"optax.linear_schedule({args.learning_rate:g}, 0, {derived['updates']:,})" if args.anneal_lr
-             else f"{algo.learning_rate:g}")
+    lr = (
+        f"{args.learning_rate:g} -> 0 linear per optimizer step over "
+        f"{(args.total_timesteps // batch) * args.num_epochs * (batch // args.minibatch_size):,} steps"
+        if args.anneal_lr
+        else f"{args.learning_rate:g}"
+    )
+    rj_lr = (
+        f"optax.linear_schedule({args.learning_rate:g}, 0, {derived['updates']:,})"
+        if args.anneal_lr
+        else f"{algo.learning_rate:g}"
+    )
 
     def row(setting, ours, theirs, status=None, note=""):
-        return dict(setting=setting, ppo=str(ours), rejax=str(theirs),
-                    status=status or ("same" if str(ours).split("=")[-1] == str(theirs).split("=")[-1] else "differs"),
-                    note=note)
+        return dict(
+            setting=setting,
+            ppo=str(ours),
+            rejax=str(theirs),
+            status=status or ("same" if str(ours).split("=")[-1] == str(theirs).split("=")[-1] else "differs"),
+            note=note,
+        )
 
     return [
-        row("environment", f"{ENV_ID} (gymnax step_env + envs/ time limit {time_limit})",
+        row(
+            "environment",
+            f"{ENV_ID} (gymnax step_env + envs/ time limit {time_limit})",
             f"gymnax.make({ENV_ID!r}) via FiveTupleStep, max_steps_in_episode={algo.env_params.max_steps_in_episode}",
-            "same", "same dynamics, 500-step limit, auto-reset"),
-        row("seeds (vmapped)", f"num_seeds={args.num_seeds}", f"vmap over {args.num_seeds} keys", "same",
-            "both PRNGKey(seed + i)"),
-        row("env steps per seed", f"{(args.total_timesteps // batch) * batch:,}",
+            "same",
+            "same dynamics, 500-step limit, auto-reset",
+        ),
+        row(
+            "seeds (vmapped)",
+            f"num_seeds={args.num_seeds}",
+            f"vmap over {args.num_seeds} keys",
+            "same",
+            "both PRNGKey(seed + i)",
+        ),
+        row(
+            "env steps per seed",
+            f"{(args.total_timesteps // batch) * batch:,}",
             f"{derived['iterations'] * batch:,}",
             "same" if derived["iterations"] == args.total_timesteps // batch else "differs",
-            "" if derived["iterations"] == args.total_timesteps // batch else
-            "Rejax runs whole eval intervals of ceil(eval_freq / batch) iterations: more steps (env steps/s use each one's own count)"),
+            ""
+            if derived["iterations"] == args.total_timesteps // batch
+            else "Rejax runs whole eval intervals of ceil(eval_freq / batch) iterations: more steps "
+            "(env steps/s use each one's own count)",
+        ),
         row("parallel envs", f"num_envs={args.num_envs}", f"num_envs={algo.num_envs}"),
         row("rollout length", f"num_steps={args.num_steps}", f"num_steps={algo.num_steps}"),
         row("epochs", f"num_epochs={args.num_epochs}", f"num_epochs={algo.num_epochs}"),
-        row("minibatches", f"minibatch_size={args.minibatch_size} ({batch // args.minibatch_size} minibatches)",
-            f"num_minibatches={algo.num_minibatches} (minibatch_size {algo.minibatch_size})", "same"),
-        row("learning rate", lr, rj_lr, "same",
-            "Rejax has no anneal flag: its learning_rate goes into optax.adam, given ppo.py's schedule"),
-        row("Adam epsilon", f"adam_eps={args.adam_eps:g}", "1e-08 (optax default, not configurable)", "differs",
-            "cannot be set in Rejax"),
-        row("gradient clipping", f"max_grad_norm={args.max_grad_norm:g}: global norm over pi and V together",
+        row(
+            "minibatches",
+            f"minibatch_size={args.minibatch_size} ({batch // args.minibatch_size} minibatches)",
+            f"num_minibatches={algo.num_minibatches} (minibatch_size {algo.minibatch_size})",
+            "same",
+        ),
+        row(
+            "learning rate",
+            lr,
+            rj_lr,
+            "same",
+            "Rejax has no anneal flag: its learning_rate goes into optax.adam, given ppo.py's schedule",
+        ),
+        row(
+            "Adam epsilon",
+            f"adam_eps={args.adam_eps:g}",
+            "1e-08 (optax default, not configurable)",
+            "differs",
+            "cannot be set in Rejax",
+        ),
+        row(
+            "gradient clipping",
+            f"max_grad_norm={args.max_grad_norm:g}: global norm over pi and V together",
             f"max_grad_norm={algo.max_grad_norm:g}: optax.clip, each gradient entry to +-{algo.max_grad_norm:g}, "
-            "per network", "differs", "Rejax's max_grad_norm clips element-wise, not by norm"),
-        row("optimizer", "one Adam over pi and V", "one Adam per network (actor_ts, critic_ts)", "equivalent",
-            "Adam is element-wise; only the clipping above couples the two"),
+            "per network",
+            "differs",
+            "Rejax's max_grad_norm clips element-wise, not by norm",
+        ),
+        row(
+            "optimizer",
+            "one Adam over pi and V",
+            "one Adam per network (actor_ts, critic_ts)",
+            "equivalent",
+            "Adam is element-wise; only the clipping above couples the two",
+        ),
         row("gamma", f"gamma={args.gamma:g}", f"gamma={algo.gamma:g}"),
         row("GAE lambda", f"gae_lambda={args.gae_lambda:g}", f"gae_lambda={algo.gae_lambda:g}"),
-        row("surrogate clip", f"clip_coef={args.clip_coef:g} (anneal_clip={args.anneal_clip})",
-            f"clip_eps={algo.clip_eps:g} (constant)", "same" if not args.anneal_clip else "differs"),
-        row("value loss", f"clip_vloss={args.clip_vloss}, vf_coef={args.vf_coef:g} x mean(max(sq, clipped sq))",
+        row(
+            "surrogate clip",
+            f"clip_coef={args.clip_coef:g} (anneal_clip={args.anneal_clip})",
+            f"clip_eps={algo.clip_eps:g} (constant)",
+            "same" if not args.anneal_clip else "differs",
+        ),
+        row(
+            "value loss",
+            f"clip_vloss={args.clip_vloss}, vf_coef={args.vf_coef:g} x mean(max(sq, clipped sq))",
             f"vf_coef={algo.vf_coef:g} x 0.5 x mean(max(sq, clipped sq)), clipped by clip_eps",
-            "equivalent" if args.clip_vloss else "differs", "the same loss (PureJaxRL's vf_coef 0.5 on 0.5 x MSE)"),
+            "equivalent" if args.clip_vloss else "differs",
+            "the same loss (PureJaxRL's vf_coef 0.5 on 0.5 x MSE)",
+        ),
         row("entropy bonus", f"ent_coef={args.ent_coef:g}", f"ent_coef={algo.ent_coef:g}"),
-        row("advantage normalisation", f"norm_adv={args.norm_adv} (per minibatch)", "always, per minibatch",
-            "same" if args.norm_adv else "differs"),
-        row("networks", f"separate actor and critic, hidden {tuple(args.hidden_sizes)}, {args.actor_activation}",
+        row(
+            "advantage normalisation",
+            f"norm_adv={args.norm_adv} (per minibatch)",
+            "always, per minibatch",
+            "same" if args.norm_adv else "differs",
+        ),
+        row(
+            "networks",
+            f"separate actor and critic, hidden {tuple(args.hidden_sizes)}, {args.actor_activation}",
             f"DiscretePolicy + VNetwork, hidden_layer_sizes {tuple(algo.actor.hidden_layer_sizes)}, "
-            f"{getattr(algo.actor.activation, '__name__', algo.actor.activation)}", "same"),
-        row("weight init", f"kernel_init={args.kernel_init} (gain sqrt 2; heads 0.01 and 1), zero bias",
-            "flax Dense default: lecun_normal, zero bias (not configurable)", "differs",
-            "cannot be set in Rejax; does not change the compute"),
-        row("observation normalisation", f"normalize_obs={args.normalize_obs}",
-            f"normalize_observations={algo.normalize_observations}"),
-        row("reward normalisation", f"normalize_reward={args.normalize_reward}",
-            f"normalize_rewards={algo.normalize_rewards}"),
-        row("time-limit truncation", "bootstrapped from V(true final obs) (eq. 4; no flag to turn off)",
-            "treated as termination (done = terminated or truncated), as PureJaxRL", "differs",
-            "cannot be matched without editing either"),
-        row("evaluation", f"every eval_every={args.eval_every:,} steps (every "
+            f"{getattr(algo.actor.activation, '__name__', algo.actor.activation)}",
+            "same",
+        ),
+        row(
+            "weight init",
+            f"kernel_init={args.kernel_init} (gain sqrt 2; heads 0.01 and 1), zero bias",
+            "flax Dense default: lecun_normal, zero bias (not configurable)",
+            "differs",
+            "cannot be set in Rejax; does not change the compute",
+        ),
+        row(
+            "observation normalisation",
+            f"normalize_obs={args.normalize_obs}",
+            f"normalize_observations={algo.normalize_observations}",
+        ),
+        row(
+            "reward normalisation",
+            f"normalize_reward={args.normalize_reward}",
+            f"normalize_rewards={algo.normalize_rewards}",
+        ),
+        row(
+            "time-limit truncation",
+            "bootstrapped from V(true final obs) (eq. 4; no flag to turn off)",
+            "treated as termination (done = terminated or truncated), as PureJaxRL",
+            "differs",
+            "cannot be matched without editing either",
+        ),
+        row(
+            "evaluation",
+            f"every eval_every={args.eval_every:,} steps (every "
             f"{max(1, min(args.eval_every // batch, args.total_timesteps // batch))} "
             f"iterations), {args.eval_episodes} episodes, deterministic policy, none at step 0",
             f"every eval_freq={algo.eval_freq:,} steps ({derived['iters_per_eval']} iterations), "
             f"{derived['eval_episodes']} episodes, sampled policy"
-            f"{', plus one at step 0' if not algo.skip_initial_evaluation else ''}", "differs",
-            ("--matched-eval: Rejax on ppo.py's schedule and episode count; the policies still differ"
-             if bench.matched_eval else "each library's default") + "; counted in both timings"),
-        row("checkpoints", f"checkpoint_every={args.checkpoint_every}" + (" (+ one at the end)" if args.checkpoint_every else ""),
-            "none (Rejax has none)", "differs" if args.checkpoint_every else "same",
-            "ppo.py's saves are outside its train_seconds; reported beside it"),
+            f"{', plus one at step 0' if not algo.skip_initial_evaluation else ''}",
+            "differs",
+            (
+                "--matched-eval: Rejax on ppo.py's schedule and episode count; the policies still differ"
+                if bench.matched_eval
+                else "each library's default"
+            )
+            + "; counted in both timings",
+        ),
+        row(
+            "checkpoints",
+            f"checkpoint_every={args.checkpoint_every}" + (" (+ one at the end)" if args.checkpoint_every else ""),
+            "none (Rejax has none)",
+            "differs" if args.checkpoint_every else "same",
+            "ppo.py's saves are outside its train_seconds; reported beside it",
+        ),
     ]
 
 
 def print_table(rows: list[dict]) -> None:
-    w = [max(len(r[k]) for r in rows + [dict(setting="setting", ppo="ppo.py", rejax="Rejax PPO", status="")])
-         for k in ("setting", "ppo", "rejax")]
-    print(f"{'setting':<{w[0]}}  {'ppo.py (--preset ' + PPO_PRESET + ')':<{w[1]}}  {'Rejax PPO.create(...)':<{w[2]}}  status")
+    w = [
+        max(len(r[k]) for r in rows + [dict(setting="setting", ppo="ppo.py", rejax="Rejax PPO", status="")])
+        for k in ("setting", "ppo", "rejax")
+    ]
+    print(
+        f"{'setting':<{w[0]}}  {'ppo.py (--preset ' + PPO_PRESET + ')':<{w[1]}}  "
+        f"{'Rejax PPO.create(...)':<{w[2]}}  status"
+    )
     for r in rows:
         print(f"{r['setting']:<{w[0]}}  {r['ppo']:<{w[1]}}  {r['rejax']:<{w[2]}}  {r['status']}")
     notes = [r for r in rows if r["note"]]
@@ -370,9 +497,9 @@ def versions() -> dict:
 # ----------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> dict:
     bench = tyro.cli(Bench, args=argv, prog="peers.py")
-    # runner.py first: it sets its CPU compilation options (runner.CPU_XLA_FLAG, before anything
-    # starts XLA, which importing rejax does, and runner.CPU_THREEFRY_UNROLLED), so both libraries
-    # compile with the same options (XLA_FLAGS printed).
+    # ppo.py first: importing it applies runner.configure_jax(), the CPU compilation options,
+    # before anything starts XLA (which importing rejax does), so both libraries compile with the
+    # same options (XLA_FLAGS printed).
     import ppo
     import runner
     from throughput import write_json
@@ -384,7 +511,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     for name in ("num_seeds", "total_timesteps", "rejax_eval_freq", "rejax_eval_episodes"):
         if getattr(bench, name) <= 0:
-            raise SystemExit(f"peers.py: error: --{name.replace('_', '-')} must be positive, got {getattr(bench, name)}")
+            raise SystemExit(
+                f"peers.py: error: --{name.replace('_', '-')} must be positive, got {getattr(bench, name)}"
+            )
     args = ppo.parse_args(ppo_argv(bench))
     try:
         ppo.validate(args)
@@ -395,19 +524,26 @@ def main(argv: list[str] | None = None) -> dict:
     rows = config_rows(args, algo, derived, bench, runner.make_env(args).max_episode_steps)
     device = jax.devices()[0]
     vers = versions()
-    print(f"Rejax {vers['rejax']} vs ppo.py on {ENV_ID}, {len(seeds)} seeds x {bench.total_timesteps:,} steps, "
-          f"{device.platform}: {device.device_kind} (jax {vers['jax']}, gymnax {vers['gymnax']}; "
-          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, for both)\n")
+    print(
+        f"Rejax {vers['rejax']} vs ppo.py on {ENV_ID}, {len(seeds)} seeds x {bench.total_timesteps:,} steps, "
+        f"{device.platform}: {device.device_kind} (jax {vers['jax']}, gymnax {vers['gymnax']}; "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, for both)\n"
+    )
     print_table(rows)
 
     print(f"\n== Rejax: jax.jit(jax.vmap(algo.train)), {len(seeds)} seeds ==", flush=True)
     rj = run_rejax(algo, seeds)
-    print(f"compile {rj['compile_seconds']:.1f}s | train {rj['train_seconds']:.1f}s | "
-          f"{rj['env_steps_per_second']:,.0f} env steps/s | final eval return {rj['final_eval_return_mean']:.1f}",
-          flush=True)
+    print(
+        f"compile {rj['compile_seconds']:.1f}s | train {rj['train_seconds']:.1f}s | "
+        f"{rj['env_steps_per_second']:,.0f} env steps/s | final eval return {rj['final_eval_return_mean']:.1f}",
+        flush=True,
+    )
 
-    print(f"\n== ppo.py: runner.run (checkpoints {'every ' + str(bench.checkpoint_every) + ' intervals' if bench.checkpoint_every else 'off'}) ==",
-          flush=True)
+    print(
+        f"\n== ppo.py: runner.run (checkpoints "
+        f"{'every ' + str(bench.checkpoint_every) + ' intervals' if bench.checkpoint_every else 'off'}) ==",
+        flush=True,
+    )
     ours = run_ppo(bench)
     if not bench.ppo_output_dir:
         print("(that temporary folder is deleted now; --ppo-output-dir keeps the outputs)")
@@ -415,33 +551,48 @@ def main(argv: list[str] | None = None) -> dict:
     ratio = ours["env_steps_per_second"] / rj["env_steps_per_second"]
     ratio_ckpt = ours["env_steps_per_second_with_checkpoints"] / rj["env_steps_per_second"]
     print("\n== Result (evaluation counted in both, inside each one's timed training) ==")
-    print(f"{'':8} {'env steps/s':>12} {'compile s':>10} {'train s':>9} {'steps/seed':>11} {'final return':>13} "
-          f"{'evals x episodes':>17} {'eval steps/seed':>16}")
+    print(
+        f"{'':8} {'env steps/s':>12} {'compile s':>10} {'train s':>9} {'steps/seed':>11} {'final return':>13} "
+        f"{'evals x episodes':>17} {'eval steps/seed':>16}"
+    )
     for name, r in (("Rejax", rj), ("ppo.py", ours)):
-        print(f"{name:8} {r['env_steps_per_second']:>12,.0f} {r['compile_seconds']:>10.1f} {r['train_seconds']:>9.1f} "
-              f"{r['env_steps_per_seed']:>11,} {r['final_eval_return_mean']:>13.1f} "
-              f"{str(r['evaluations']) + ' x ' + str(r['eval_episodes']):>17} {r['eval_env_steps_per_seed']:>16,.0f}")
+        print(
+            f"{name:8} {r['env_steps_per_second']:>12,.0f} {r['compile_seconds']:>10.1f} {r['train_seconds']:>9.1f} "
+            f"{r['env_steps_per_seed']:>11,} {r['final_eval_return_mean']:>13.1f} "
+            f"{str(r['evaluations']) + ' x ' + str(r['eval_episodes']):>17} {r['eval_env_steps_per_seed']:>16,.0f}"
+        )
     if derived["matched_eval"]:
         print("\n--matched-eval: Rejax evaluated on ppo.py's schedule (not its default).", end="")
-    print(f"\nRejax evaluates {rj['evaluations']} times x {rj['eval_episodes']} episodes ({rj['eval_policy']}); "
-          f"ppo.py {ours['evaluations']} times x {ours['eval_episodes']} episodes ({ours['eval_policy']}).")
+    print(
+        f"\nRejax evaluates {rj['evaluations']} times x {rj['eval_episodes']} episodes ({rj['eval_policy']}); "
+        f"ppo.py {ours['evaluations']} times x {ours['eval_episodes']} episodes ({ours['eval_policy']})."
+    )
     if bench.checkpoint_every:
-        print(f"ppo.py saved {ours['checkpoints_saved']} checkpoints ({ours['checkpoint_seconds']:.1f}s, outside its "
-              f"train time); with them: {ours['env_steps_per_second_with_checkpoints']:,.0f} env steps/s, "
-              f"{ratio_ckpt:.2f}x Rejax")
+        print(
+            f"ppo.py saved {ours['checkpoints_saved']} checkpoints ({ours['checkpoint_seconds']:.1f}s, outside its "
+            f"train time); with them: {ours['env_steps_per_second_with_checkpoints']:,.0f} env steps/s, "
+            f"{ratio_ckpt:.2f}x Rejax"
+        )
     else:
         print("ppo.py ran without checkpoints (--checkpoint-every 0).")
     print(f"ppo.py / Rejax env steps/s: {ratio:.2f}x (goal >= 1.5x)")
 
     result = dict(
-        env_id=ENV_ID, seeds=seeds, bench=dataclasses.asdict(bench), device=f"{device.platform}: {device.device_kind}",
-        versions=vers, rejax=rj, ppo=ours, ratio_env_steps_per_second=ratio,
+        env_id=ENV_ID,
+        seeds=seeds,
+        bench=dataclasses.asdict(bench),
+        device=f"{device.platform}: {device.device_kind}",
+        versions=vers,
+        rejax=rj,
+        ppo=ours,
+        ratio_env_steps_per_second=ratio,
         ratio_env_steps_per_second_with_checkpoints=ratio_ckpt,
         ratio_compile_seconds=ours["compile_seconds"] / rj["compile_seconds"],
-        rejax_derived=derived, config=rows,
+        rejax_derived=derived,
+        config=rows,
         evaluation_counted="both: Rejax's eval callback inside its compiled train ("
-                           + ("on ppo.py's schedule, --matched-eval" if bench.matched_eval else "its defaults")
-                           + "); ppo.py's evaluation every --eval-every steps inside its compiled interval",
+        + ("on ppo.py's schedule, --matched-eval" if bench.matched_eval else "its defaults")
+        + "); ppo.py's evaluation every --eval-every steps inside its compiled interval",
         ppo_checkpoints="on" if bench.checkpoint_every else "off",
     )
     if bench.out:

@@ -38,8 +38,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-import runner  # noqa: E402  (its CPU compilation options, before anything compiles)
-from throughput import compile_program, split_argv, time_interleaved, write_json  # noqa: E402
+import runner  # noqa: E402
+from throughput import compile_program, split_argv, time_interleaved, write_json  # noqa: E402  (configures jax)
 
 
 @dataclass
@@ -87,14 +87,22 @@ def measure(script: str, script_argv: list[str], bench: Bench) -> dict:
     rest = seconds["iteration"] - sum(s for name, s in seconds.items() if name != "iteration")
     device = jax.devices()[0]
     return dict(
-        script=f"{script}.py", argv=script_argv, num_seeds=len(seeds), num_envs=args.num_envs,
-        num_steps=args.num_steps, fill=bench.fill, repeats=bench.repeats,
-        median_seconds=seconds, rest_seconds=rest,
+        script=f"{script}.py",
+        argv=script_argv,
+        num_seeds=len(seeds),
+        num_envs=args.num_envs,
+        num_steps=args.num_steps,
+        fill=bench.fill,
+        repeats=bench.repeats,
+        median_seconds=seconds,
+        rest_seconds=rest,
         seconds={name: t.tolist() for name, (t, _) in timed.items()},
         compile_seconds=compile_seconds,
         # per seed, after every call: what the test checks was run
         iterations_run=np.asarray(timed["iteration"][1].iteration).tolist(),
-        device=f"{device.platform}: {device.device_kind}", jax=jax.__version__, args=dataclasses.asdict(args),
+        device=f"{device.platform}: {device.device_kind}",
+        jax=jax.__version__,
+        args=dataclasses.asdict(args),
     )
 
 
@@ -108,12 +116,17 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError as e:  # the scripts' ConfigError and envs.UnknownEnvError
         raise SystemExit(f"benchmarks/phases.py: error: {e}")
     total = r["median_seconds"]["iteration"]
-    print(f"{script}.py {' '.join(script_argv)} on {r['device']}: {r['num_seeds']} seeds, "
-          f"median of {r['repeats']} rounds, after {r['fill']} training iteration{'s' * (r['fill'] != 1)}")
+    print(
+        f"{script}.py {' '.join(script_argv)} on {r['device']}: {r['num_seeds']} seeds, "
+        f"median of {r['repeats']} rounds, after {r['fill']} training iteration{'s' * (r['fill'] != 1)}"
+    )
     for name, s in r["median_seconds"].items():
         print(f"  {name:10s} {s * 1e3:10.1f} ms  {s / total:6.1%}  (compile {r['compile_seconds'][name]:.1f}s)")
-    print(f"  {'the rest':10s} {r['rest_seconds'] * 1e3:10.1f} ms  {r['rest_seconds'] / total:6.1%}  "
-          "(the iteration less the phases: estimator, PPO update, statistics)", flush=True)
+    print(
+        f"  {'the rest':10s} {r['rest_seconds'] * 1e3:10.1f} ms  {r['rest_seconds'] / total:6.1%}  "
+        "(the iteration less the phases: estimator, PPO update, statistics)",
+        flush=True,
+    )
     if bench.out:
         write_json(bench.out, r)
     return r

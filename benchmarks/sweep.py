@@ -69,13 +69,15 @@ def main(args: Args) -> dict:
     result = dict(script=args.script, sweep=list(args.sweep), flags=args.flags, members=members)
     result["sweep_seconds"] = timed(python + ["--sweep", *args.sweep, *flags, "--output-dir", f"{tmp}/sweep"])
     result["sequential_seconds"] = [
-        timed(python + [x for k, v in m.items() for x in flag(k, v)] + flags
-              + ["--output-dir", f"{tmp}/member{i}"]) for i, m in enumerate(members)]
+        timed(python + [x for k, v in m.items() for x in flag(k, v)] + flags + ["--output-dir", f"{tmp}/member{i}"])
+        for i, m in enumerate(members)
+    ]
     if args.devices:
         result["sweep_devices"] = args.devices
         result["sweep_devices_seconds"] = timed(
             python + ["--sweep", *args.sweep, *flags, "--output-dir", f"{tmp}/sweep_devices"],
-            env={"XLA_FLAGS": f"--xla_force_host_platform_device_count={args.devices}"})
+            env={"XLA_FLAGS": f"--xla_force_host_platform_device_count={args.devices}"},
+        )
     # Equal over short runs (tests/test_sweep.py); over long ones rounding differences (another
     # batch size, another fusion) grow, as between seed i in a batch and seed i alone: counted here.
     swept = json.load(open(f"{tmp}/sweep/summary.json"))["final_eval_return"]
@@ -83,10 +85,16 @@ def main(args: Args) -> dict:
     pairs = [(a, b) for s, m in zip(swept, alone) for a, b in zip(s, m)]
     result["final_returns_equal"] = f"{sum(a == b for a, b in pairs)} of {len(pairs)}"
     total = sum(result["sequential_seconds"])
-    print(f"\nsweep of {len(members)} members, one program: {result['sweep_seconds']:.1f} s; the same "
-          f"{len(members)} one by one: {total:.1f} s ({total / result['sweep_seconds']:.2f}x the sweep's time)"
-          + (f"; the sweep on {args.devices} forced host devices: {result['sweep_devices_seconds']:.1f} s"
-             if args.devices else "") + f"; final returns equal to the standalone runs': {result['final_returns_equal']}")
+    print(
+        f"\nsweep of {len(members)} members, one program: {result['sweep_seconds']:.1f} s; the same "
+        f"{len(members)} one by one: {total:.1f} s ({total / result['sweep_seconds']:.2f}x the sweep's time)"
+        + (
+            f"; the sweep on {args.devices} forced host devices: {result['sweep_devices_seconds']:.1f} s"
+            if args.devices
+            else ""
+        )
+        + f"; final returns equal to the standalone runs': {result['final_returns_equal']}"
+    )
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)

@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-import runner  # noqa: E402
+import runner  # noqa: E402  (throughput.py applies runner.configure_jax() on import)
 from throughput import compile_program, split_argv, time_interleaved, training_program  # noqa: E402
 
 
@@ -52,23 +52,41 @@ def main(argv: list[str] | None = None) -> dict:
     programs, compile_seconds = {}, {}
     for name, rule in (("rolled", tf._threefry2x32_cpu_lowering_rule), ("unrolled", tf._threefry2x32_lowering_rule)):
         mlir.register_lowering(tf.threefry2x32_p, rule, platform="cpu")
-        compiled, compile_seconds[name] = compile_program(training_program(module.make_train(args, env), bench.iterations), state)
+        compiled, compile_seconds[name] = compile_program(
+            training_program(module.make_train(args, env), bench.iterations), state
+        )
         programs[name] = (compiled, state, lambda y: y[0])
-    if not runner.CPU_THREEFRY_UNROLLED:  # leave the process as runner.py set it
+    if not runner.CPU_THREEFRY_UNROLLED:  # leave the process as runner.configure_jax() set it
         mlir.register_lowering(tf.threefry2x32_p, tf._threefry2x32_cpu_lowering_rule, platform="cpu")
-    equal = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(programs["rolled"][0](state)[0].params),
-                                                     jax.tree.leaves(programs["unrolled"][0](state)[0].params)))
+    equal = all(
+        np.array_equal(a, b)
+        for a, b in zip(
+            jax.tree.leaves(programs["rolled"][0](state)[0].params),
+            jax.tree.leaves(programs["unrolled"][0](state)[0].params),
+        )
+    )
     timed = time_interleaved(programs, bench.repeats)
     steps = bench.iterations * args.num_envs * args.num_steps * args.num_seeds
-    result = {name: dict(env_steps_per_second=steps / float(np.median(timed[name][0])),
-                         compile_seconds=compile_seconds[name], seconds=timed[name][0].tolist()) for name in programs}
+    result = {
+        name: dict(
+            env_steps_per_second=steps / float(np.median(timed[name][0])),
+            compile_seconds=compile_seconds[name],
+            seconds=timed[name][0].tolist(),
+        )
+        for name in programs
+    }
     result["speedup"] = float(np.median(timed["rolled"][0] / timed["unrolled"][0]))
     result["bitwise_equal_params"] = bool(equal)
     for name in programs:
-        print(f"{name:>9}: {result[name]['env_steps_per_second']:>10,.0f} env steps/s "
-              f"(compile {compile_seconds[name]:.1f}s)")
-    print(f"unrolled / rolled speed: {result['speedup']:.3f}x (median of {bench.repeats} rounds); "
-          f"parameters after one call bitwise equal: {equal}", flush=True)
+        print(
+            f"{name:>9}: {result[name]['env_steps_per_second']:>10,.0f} env steps/s "
+            f"(compile {compile_seconds[name]:.1f}s)"
+        )
+    print(
+        f"unrolled / rolled speed: {result['speedup']:.3f}x (median of {bench.repeats} rounds); "
+        f"parameters after one call bitwise equal: {equal}",
+        flush=True,
+    )
     return result
 
 

@@ -28,8 +28,9 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
-import bpo_traj  # noqa: E402
 from test_bpo_traj_chunks import unchunked  # noqa: E402
+
+import bpo_traj  # noqa: E402
 
 GAMMA, LAM, CLIP_RHO, CLIP_C = 0.99, 0.95, 1.0, 1.0
 
@@ -55,9 +56,13 @@ def measure(fn, args, repeats: int) -> dict:
         t0 = time.perf_counter()
         jax.block_until_ready(compiled(*args))
         times.append(time.perf_counter() - t0)
-    return dict(temp=mem.temp_size_in_bytes, args=mem.argument_size_in_bytes, out=mem.output_size_in_bytes,
-                total=mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes,
-                seconds=float(np.median(times)))
+    return dict(
+        temp=mem.temp_size_in_bytes,
+        args=mem.argument_size_in_bytes,
+        out=mem.output_size_in_bytes,
+        total=mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes,
+        seconds=float(np.median(times)),
+    )
 
 
 def main(argv=None):
@@ -75,10 +80,12 @@ def main(argv=None):
         chunk = max(1, min(T, 2**16 // (T * E)))
         for name, fn in (("unchunked", unchunked), ("blocked", bpo_traj.trajectory_clipped_returns)):
             r = measure(fn, args, a.repeats)
-            print(f"  T={T:>5} E={E:>3} {name:>9}{f' ({chunk} rows/block)' if name == 'blocked' else '':>17}: "
-                  f"temp {mb(r['temp']):>11}  total {mb(r['total']):>11}  "
-                  f"(arguments {mb(r['args'])}, outputs {mb(r['out'])})  {r['seconds'] * 1e3:9.1f} ms/call",
-                  flush=True)
+            print(
+                f"  T={T:>5} E={E:>3} {name:>9}{f' ({chunk} rows/block)' if name == 'blocked' else '':>17}: "
+                f"temp {mb(r['temp']):>11}  total {mb(r['total']):>11}  "
+                f"(arguments {mb(r['args'])}, outputs {mb(r['out'])})  {r['seconds'] * 1e3:9.1f} ms/call",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

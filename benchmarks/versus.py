@@ -1,7 +1,8 @@
 """Training iterations of two or more versions of the scripts, timed interleaved in one process.
 
     git worktree add /tmp/before <commit>       # the version to compare against
-    python benchmarks/versus.py before=/tmp/before/ppo.py after=ppo.py --flags="--preset purejaxrl_cartpole --num-seeds 16"
+    python benchmarks/versus.py before=/tmp/before/ppo.py after=ppo.py \\
+        --flags="--preset purejaxrl_cartpole --num-seeds 16"
     python benchmarks/versus.py ppo=ppo.py bpo=bpo.py --flags="--preset cartpole_ppo --num-seeds 16" \\
         --extra bpo="ppo_bpo_zero1.0"          # flags one variant adds (here: a preset after cartpole_ppo)
 
@@ -35,9 +36,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-# This checkout's runner.py first: it sets the CPU compilation options (runner.CPU_XLA_FLAG,
-# runner.CPU_THREEFRY_UNROLLED) before anything compiles, so every variant, of any checkout,
-# compiles with the same options.
+# This checkout's CPU compilation options (runner.configure_jax(), applied by importing
+# throughput.py) before anything compiles, so every variant, of any checkout, compiles with the
+# same options.
 import runner  # noqa: E402, F401
 from throughput import compile_program, time_interleaved, training_program, write_json  # noqa: E402
 
@@ -59,13 +60,14 @@ class Args:
 
 
 def _shared_modules() -> dict:
-    """Remove and return sys.modules' runner and envs (with its submodules)."""
-    return {k: sys.modules.pop(k) for k in list(sys.modules) if k in ("runner", "envs") or k.startswith("envs.")}
+    """Remove and return sys.modules' runner, training and envs (with its submodules)."""
+    shared = ("runner", "training", "envs")
+    return {k: sys.modules.pop(k) for k in list(sys.modules) if k in shared or k.startswith("envs.")}
 
 
 @contextlib.contextmanager
 def checkout_modules(directory: str, own: dict):
-    """Within: `import runner` and `import envs` (and envs' lazy imports) find the checkout at
+    """Within: `import runner`, `import training` and `import envs` (and envs' lazy imports) find the checkout at
     `directory`'s modules, `own` (filled on first use); after: this checkout's again."""
     ours = _shared_modules()
     sys.modules.update(own)
@@ -122,24 +124,43 @@ def main(argv: list[str] | None = None) -> dict:
         steps = args.iterations * len(seeds) * script_args.num_envs * script_args.num_steps
         programs[name] = dict(compiled=compiled, state=state, steps=steps, path=path, compile_seconds=compile_seconds)
     print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, for every variant", flush=True)
-    timed = time_interleaved({name: (p["compiled"], p["state"], lambda y: y[0]) for name, p in programs.items()},
-                             args.repeats)
+    timed = time_interleaved(
+        {name: (p["compiled"], p["state"], lambda y: y[0]) for name, p in programs.items()}, args.repeats
+    )
     first = None
     result = {}
     for name, p in programs.items():
         times = timed[name][0]
         seconds = float(np.median(times))
         first = first or seconds
-        result[name] = dict(path=p["path"], env_steps_per_call=p["steps"], median_seconds=seconds,
-                            env_steps_per_second=p["steps"] / seconds, time_vs_first=seconds / first,
-                            compile_seconds=p["compile_seconds"], seconds=times.tolist())
-        print(f"{name:>12}: {p['steps'] / seconds:>10,.0f} env steps/s, {seconds * 1e3:8.1f} ms per call "
-              f"(median of {args.repeats}; {seconds / first:.2f}x the first's time; compile "
-              f"{p['compile_seconds']:.1f}s)  {p['path']}", flush=True)
+        result[name] = dict(
+            path=p["path"],
+            env_steps_per_call=p["steps"],
+            median_seconds=seconds,
+            env_steps_per_second=p["steps"] / seconds,
+            time_vs_first=seconds / first,
+            compile_seconds=p["compile_seconds"],
+            seconds=times.tolist(),
+        )
+        print(
+            f"{name:>12}: {p['steps'] / seconds:>10,.0f} env steps/s, {seconds * 1e3:8.1f} ms per call "
+            f"(median of {args.repeats}; {seconds / first:.2f}x the first's time; compile "
+            f"{p['compile_seconds']:.1f}s)  {p['path']}",
+            flush=True,
+        )
     if args.out:
-        write_json(args.out, dict(flags=args.flags, extra=extra, xla_flags=os.environ.get("XLA_FLAGS", ""),
-                                  iterations=args.iterations, repeats=args.repeats, device=str(jax.devices()[0]),
-                                  variants=result))
+        write_json(
+            args.out,
+            dict(
+                flags=args.flags,
+                extra=extra,
+                xla_flags=os.environ.get("XLA_FLAGS", ""),
+                iterations=args.iterations,
+                repeats=args.repeats,
+                device=str(jax.devices()[0]),
+                variants=result,
+            ),
+        )
     return result
 
 

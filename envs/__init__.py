@@ -1,10 +1,10 @@
 """Environments behind one functional interface (see envs/core.py).
 
-    env = envs.make("CartPole-v1")          # gymnax
-    env = envs.make("ant")                  # Brax on MJX, 1000-step episodes
-    env = envs.make("CheetahRun")           # MuJoCo Playground's DM Control Suite on MJX (optional)
-    obs, state = env.reset(key)
-    ts = env.step(key, state, action)       # obs, state, reward, terminated, truncated, final_obs, ...
+env = envs.make("CartPole-v1")          # gymnax
+env = envs.make("ant")                  # Brax on MJX, 1000-step episodes
+env = envs.make("CheetahRun")           # MuJoCo Playground's DM Control Suite on MJX (optional)
+obs, state = env.reset(key)
+ts = env.step(key, state, action)       # obs, state, reward, terminated, truncated, final_obs, ...
 """
 
 from __future__ import annotations
@@ -43,9 +43,7 @@ def canonical_id(env_id: str) -> str:
     env_id = ALIASES.get(env_id, env_id)
     if env_id not in ENV_IDS:
         aliases = ", ".join(f"{a} -> {b}" for a, b in ALIASES.items())
-        raise UnknownEnvError(
-            f"unknown env id {env_id!r}. Valid ids: {', '.join(ENV_IDS)} (aliases: {aliases})"
-        )
+        raise UnknownEnvError(f"unknown env id {env_id!r}. Valid ids: {', '.join(ENV_IDS)} (aliases: {aliases})")
     return env_id
 
 
@@ -89,10 +87,31 @@ def make(
 
 
 __all__ = [
-    "ALIASES", "BRAX_BACKENDS", "PHYSICS_RESET_POOL", "BRAX_IDS", "ENV_IDS", "GYMNAX_IDS", "PLAYGROUND_BACKENDS",
-    "PLAYGROUND_IDS", "ActionSpec", "Env", "RawEnv",
-    "RewardScaler", "RunningMeanStd",
-    "Timestep", "UnknownEnvError", "canonical_id", "is_brax", "is_playground", "make", "normalize_obs",
-    "reward_scaler_init", "rms_init", "rms_update", "scale_reward", "track_returns",
-    "with_clipped_actions", "with_time_limit",
+    "ALIASES",
+    "BRAX_BACKENDS",
+    "PHYSICS_RESET_POOL",
+    "BRAX_IDS",
+    "ENV_IDS",
+    "GYMNAX_IDS",
+    "PLAYGROUND_BACKENDS",
+    "PLAYGROUND_IDS",
+    "ActionSpec",
+    "Env",
+    "RawEnv",
+    "RewardScaler",
+    "RunningMeanStd",
+    "Timestep",
+    "UnknownEnvError",
+    "canonical_id",
+    "is_brax",
+    "is_playground",
+    "make",
+    "normalize_obs",
+    "reward_scaler_init",
+    "rms_init",
+    "rms_update",
+    "scale_reward",
+    "track_returns",
+    "with_clipped_actions",
+    "with_time_limit",
 ]

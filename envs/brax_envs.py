@@ -9,8 +9,16 @@ import numpy as np
 from envs.core import ActionSpec, RawEnv
 
 BRAX_IDS = (
-    "ant", "halfcheetah", "hopper", "walker2d", "humanoid", "humanoidstandup",
-    "inverted_pendulum", "inverted_double_pendulum", "pusher", "reacher",
+    "ant",
+    "halfcheetah",
+    "hopper",
+    "walker2d",
+    "humanoid",
+    "humanoidstandup",
+    "inverted_pendulum",
+    "inverted_double_pendulum",
+    "pusher",
+    "reacher",
 )
 BRAX_BACKENDS = ("mjx", "generalized", "positional", "spring")
 BRAX_EPISODE_STEPS = 1000

@@ -88,7 +88,9 @@ def with_time_limit(env_id: str, raw: RawEnv, max_episode_steps: int, reset_pool
         obs, inner = raw.reset(key)
         pool = ()
         if reset_pool > 1:  # no spare yet: the first episode end draws them
-            spares = jax.tree.map(lambda x: jnp.zeros((reset_pool - 1, *jnp.shape(x)), jnp.result_type(x)), (obs, inner))
+            spares = jax.tree.map(
+                lambda x: jnp.zeros((reset_pool - 1, *jnp.shape(x)), jnp.result_type(x)), (obs, inner)
+            )
             pool = (*spares, jnp.int32(0))
         return obs, WrapperState(inner, jnp.int32(0), jnp.float32(0.0), pool)
 
@@ -165,7 +167,7 @@ def _reset_where(raw_reset: Callable, pool_size: int = 1) -> Callable:
     @jax.custom_batching.custom_vmap
     def batch(done, key, obs, inner, pool):  # every leaf has the leading batch axes of done
         shape = done.shape  # environments [...]; vmapped: [seeds, environments] (never reshaped:
-        n = done.size       # a reshape of the carried state costs XLA a copy of every leaf per step)
+        n = done.size  # a reshape of the carried state costs XLA a copy of every leaf per step)
         if spares:  # the environments with a spare left start from it
             left = pool[2]
             take = done & (left > 0)
@@ -175,8 +177,11 @@ def _reset_where(raw_reset: Callable, pool_size: int = 1) -> Callable:
                 obs, inner, left = state
                 j = jnp.clip(spares - left, 0, spares - 1)[..., None]  # the next spare's index
                 axes = lambda x, ndim: x.reshape(x.shape + (1,) * (ndim - x.ndim))
-                pick = lambda spare, old: jnp.where(axes(take, old.ndim), jnp.take_along_axis(
-                    spare, axes(j, spare.ndim), len(shape)).squeeze(len(shape)).astype(old.dtype), old)
+                pick = lambda spare, old: jnp.where(
+                    axes(take, old.ndim),
+                    jnp.take_along_axis(spare, axes(j, spare.ndim), len(shape)).squeeze(len(shape)).astype(old.dtype),
+                    old,
+                )
                 return pick(pool[0], obs), jax.tree.map(pick, pool[1], inner), left - take
 
             obs, inner, left = jax.lax.cond(jnp.any(take), take_spares, lambda state: state, (obs, inner, left))
@@ -196,8 +201,11 @@ def _reset_where(raw_reset: Callable, pool_size: int = 1) -> Callable:
             put = lambda old, new: old.at[rows].set(new.astype(old.dtype), mode="drop")  # new: [chunk, ...]
             obs, inner = put(obs, new_obs[:, 0]), jax.tree.map(lambda o, x: put(o, x[:, 0]), inner, new_inner)
             if spares:
-                pool = (put(pool[0], new_obs[:, 1:]), jax.tree.map(lambda o, x: put(o, x[:, 1:]), pool[1], new_inner),
-                        pool[2].at[rows].set(spares, mode="drop"))
+                pool = (
+                    put(pool[0], new_obs[:, 1:]),
+                    jax.tree.map(lambda o, x: put(o, x[:, 1:]), pool[1], new_inner),
+                    pool[2].at[rows].set(spares, mode="drop"),
+                )
             return i + 1, obs, inner, pool
 
         _, obs, inner, pool = jax.lax.while_loop(

@@ -20,11 +20,31 @@ from envs.core import ActionSpec, RawEnv
 # mujoco_playground.registry.dm_control_suite.ALL_ENVS (playground 0.2.0), in its order; a test
 # checks that the two agree. A plain tuple, so checking an id imports nothing.
 PLAYGROUND_IDS = (
-    "AcrobotSwingup", "AcrobotSwingupSparse", "BallInCup", "CartpoleBalance",
-    "CartpoleBalanceSparse", "CartpoleSwingup", "CartpoleSwingupSparse", "CheetahRun",
-    "FingerSpin", "FingerTurnEasy", "FingerTurnHard", "FishSwim", "HopperHop", "HopperStand",
-    "HumanoidStand", "HumanoidWalk", "HumanoidRun", "PendulumSwingup", "PointMass",
-    "ReacherEasy", "ReacherHard", "SwimmerSwimmer6", "WalkerRun", "WalkerStand", "WalkerWalk",
+    "AcrobotSwingup",
+    "AcrobotSwingupSparse",
+    "BallInCup",
+    "CartpoleBalance",
+    "CartpoleBalanceSparse",
+    "CartpoleSwingup",
+    "CartpoleSwingupSparse",
+    "CheetahRun",
+    "FingerSpin",
+    "FingerTurnEasy",
+    "FingerTurnHard",
+    "FishSwim",
+    "HopperHop",
+    "HopperStand",
+    "HumanoidStand",
+    "HumanoidWalk",
+    "HumanoidRun",
+    "PendulumSwingup",
+    "PointMass",
+    "ReacherEasy",
+    "ReacherHard",
+    "SwimmerSwimmer6",
+    "WalkerRun",
+    "WalkerStand",
+    "WalkerWalk",
 )
 # MJX's pure-JAX implementation (impl="jax"), on any device, as Brax's mjx backend. Playground's
 # configs default to impl="warp" (MuJoCo Warp), but under vmap Warp leaks a tracer when a reset is
@@ -64,9 +84,7 @@ def make_playground(env_id: str, backend: str = "mjx") -> tuple[RawEnv, int]:
             name="mujoco_playground",
         )
     if backend not in PLAYGROUND_BACKENDS:
-        raise ValueError(
-            f"unknown Playground backend {backend!r}; choose one of {', '.join(PLAYGROUND_BACKENDS)}"
-        )
+        raise ValueError(f"unknown Playground backend {backend!r}; choose one of {', '.join(PLAYGROUND_BACKENDS)}")
     import jax
     from mujoco_playground import registry
 

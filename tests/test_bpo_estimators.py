@@ -47,7 +47,9 @@ def random_rollout(seed, T=29, E=3):
 def test_vtrace_matches_definition(clip_rho, clip_c):
     for seed, (gamma, lam) in enumerate([(0.99, 0.95), (0.9, 0.0), (0.98, 1.0)]):
         r, V, d, last, log_pi, log_mu = random_rollout(seed)
-        vs, adv, rho, clipped = bpo.vtrace(*map(jnp.asarray, (r, V, d, last, log_pi, log_mu)), gamma, lam, clip_rho, clip_c)
+        vs, adv, rho, clipped = bpo.vtrace(
+            *map(jnp.asarray, (r, V, d, last, log_pi, log_mu)), gamma, lam, clip_rho, clip_c
+        )
         ratio = np.exp(log_pi - log_mu)
         ref_vs, ref_adv = reference_vtrace(r, V, d, last, ratio, gamma, lam, clip_rho, clip_c)
         np.testing.assert_allclose(vs, ref_vs, rtol=1e-4, atol=1e-4)
@@ -113,25 +115,32 @@ def test_continuous_kl_qhat_loss_has_the_known_answer():
     np.testing.assert_allclose(theta, [k, 0.0], atol=0.05)
     # "kl" drops q_hat: the optimum is pi itself.
     kl = lambda th, key: bpo.mu_loss_continuous(
-        spec, (jnp.full((4096, 1), th[0]), jnp.full((4096, 1), th[1])), pi, q_hat, key, 0.0, use_q_hat=False).mean()
+        spec, (jnp.full((4096, 1), th[0]), jnp.full((4096, 1), th[1])), pi, q_hat, key, 0.0, use_q_hat=False
+    ).mean()
     assert jnp.abs(jax.grad(kl)(jnp.array([0.0, 0.0]), jax.random.PRNGKey(0))).max() < 0.05
 
 
 def test_replay_is_fifo_and_minibatches_cover_each_filled_slot_once():
     spec = envs.ActionSpec(True, 2)
     rb = bpo.replay_init(10, (1,), spec)
-    new = lambda start, n: bpo.Replay(jnp.arange(start, start + n, dtype=jnp.float32)[:, None],
-                                      jnp.zeros(n, jnp.int32), jnp.arange(start, start + n, dtype=jnp.float32),
-                                      jnp.zeros(n), jnp.zeros(n), jnp.zeros((n, 1)), jnp.zeros(n), None, None)
-    rb = bpo.replay_add(rb, new(0, 4))
+    new = lambda start, n: dict(
+        obs=jnp.arange(start, start + n, dtype=jnp.float32)[:, None],
+        action=jnp.zeros(n, jnp.int32),
+        reward=jnp.arange(start, start + n, dtype=jnp.float32),
+        done=jnp.zeros(n),
+        truncated=jnp.zeros(n),
+        next_obs=jnp.zeros((n, 1)),
+        log_mu=jnp.zeros(n),
+    )
+    rb = bpo.replay_add(rb, **new(0, 4))
     assert int(rb.size) == 4 and int(rb.ptr) == 4
-    rb = bpo.replay_add(rb, new(4, 8))  # wraps: 10, 11 overwrite the oldest (0, 1)
+    rb = bpo.replay_add(rb, **new(4, 8))  # wraps: 10, 11 overwrite the oldest (0, 1)
     assert int(rb.size) == 10 and sorted(np.asarray(rb.reward).tolist()) == list(range(2, 12))
-    rb = bpo.replay_add(rb, new(100, 13))  # more than the capacity: the newest 10
+    rb = bpo.replay_add(rb, **new(100, 13))  # more than the capacity: the newest 10
     assert sorted(np.asarray(rb.reward).tolist()) == list(range(103, 113))
     for size in (3, 7, 10):
         idx, w = bpo.replay_minibatches(jax.random.PRNGKey(size), size, 10, 4, epochs=2)
         assert idx.shape == (6, 4)  # 2 epochs x ceil(10 / 4) minibatches
         for epoch in range(2):
-            used = np.asarray(idx[3 * epoch: 3 * epoch + 3])[np.asarray(w[3 * epoch: 3 * epoch + 3]) > 0]
+            used = np.asarray(idx[3 * epoch : 3 * epoch + 3])[np.asarray(w[3 * epoch : 3 * epoch + 3]) > 0]
             assert sorted(used.tolist()) == list(range(size))

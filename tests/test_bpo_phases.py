@@ -10,8 +10,12 @@ import envs
 
 def trainer_for(obs_dim, n_actions, **kw):
     """A trainer whose replay buffer the test fills by hand (the env is never stepped)."""
-    raw = envs.RawEnv(lambda k: (jnp.zeros(obs_dim), jnp.zeros(obs_dim)),
-                      lambda k, s, a: (s, s, 0.0, False), (obs_dim,), envs.ActionSpec(True, n_actions))
+    raw = envs.RawEnv(
+        lambda k: (jnp.zeros(obs_dim), jnp.zeros(obs_dim)),
+        lambda k, s, a: (s, s, 0.0, False),
+        (obs_dim,),
+        envs.ActionSpec(True, n_actions),
+    )
     args = bpo.Args(num_envs=1, num_steps=64, minibatch_size=64, **kw)
     trainer = bpo.make_train(args, envs.with_time_limit("table", raw, 100))
     return trainer, trainer.init(jax.random.PRNGKey(0))
@@ -20,8 +24,17 @@ def trainer_for(obs_dim, n_actions, **kw):
 def fill(state, obs, action, reward, done, next_obs, log_mu):
     n = len(reward)
     f = lambda x: jnp.asarray(x, jnp.float32)
-    rb = bpo.Replay(f(obs), jnp.asarray(action, jnp.int32), f(reward), f(done), jnp.zeros(n), f(next_obs),
-                    f(log_mu), jnp.int32(0), jnp.int32(n))
+    rb = bpo.Replay(
+        f(obs),
+        jnp.asarray(action, jnp.int32),
+        f(reward),
+        f(done),
+        jnp.zeros(n),
+        f(next_obs),
+        f(log_mu),
+        jnp.int32(0),
+        jnp.int32(n),
+    )
     return state._replace(replay=rb, r_max=jnp.float32(np.max(reward)), r_min=jnp.float32(np.min(reward)))
 
 
@@ -80,8 +93,9 @@ def test_learned_behaviour_policy_lowers_the_variance_of_the_return_estimate():
     behaviour policy mu* ∝ pi |r| makes the importance-sampled estimate pi/mu r constant. The mu
     that bpo.py learns must be close to mu* and cut the variance far below on-policy sampling."""
     r = np.array([1.0, 2.0, 8.0])
-    trainer, state = trainer_for(1, 3, gamma=0.9, replay_size=96, fqe_minibatch_size=32, fqe_epochs=20,
-                                 mu_minibatch_size=32, mu_epochs=20)
+    trainer, state = trainer_for(
+        1, 3, gamma=0.9, replay_size=96, fqe_minibatch_size=32, fqe_epochs=20, mu_minibatch_size=32, mu_epochs=20
+    )
     obs = np.ones((96, 1))
     a = np.tile([0, 1, 2], 32)
     pi = pi_probs(trainer, state, obs[:1])[0]

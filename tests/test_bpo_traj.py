@@ -6,10 +6,10 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_bpo_estimators import random_rollout
 
 import bpo_traj
 import ppo
-from test_bpo_estimators import random_rollout
 
 
 def reference_trajectory_clipped(r, V, d, last, ratio, gamma, lam, clip_rho, clip_c):
@@ -22,7 +22,7 @@ def reference_trajectory_clipped(r, V, d, last, ratio, gamma, lam, clip_rho, cli
         for t in range(T):
             total = 0.0
             for k in range(t, T):
-                prod = np.prod(ratio[t + 1:k + 1, e])
+                prod = np.prod(ratio[t + 1 : k + 1, e])
                 delta = r[k, e] + gamma * (1 - d[k, e]) * v_next[k, e] - V[k, e]
                 total += (gamma * lam) ** (k - t) * min(clip_c, prod) * delta
                 if d[k, e]:
@@ -37,7 +37,8 @@ def test_trajectory_clipping_matches_definition(clip_rho, clip_c):
         r, V, d, last, log_pi, log_mu = random_rollout(seed + 10)
         ratio = np.exp(log_pi - log_mu)
         vs, adv, rho, diag = bpo_traj.trajectory_clipped_returns(
-            *map(jnp.asarray, (r, V, d, last, log_pi, log_mu)), gamma, lam, clip_rho, clip_c)
+            *map(jnp.asarray, (r, V, d, last, log_pi, log_mu)), gamma, lam, clip_rho, clip_c
+        )
         ref_vs, ref_adv = reference_trajectory_clipped(r, V, d, last, ratio, gamma, lam, clip_rho, clip_c)
         np.testing.assert_allclose(adv, ref_adv, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(vs, ref_vs, rtol=1e-4, atol=1e-4)
@@ -54,7 +55,8 @@ def test_a_return_stops_at_its_episode_end_and_includes_the_terminal_delta():
     r[2, 0], r[3, 0] = 1.0, 1e6  # the terminal reward, and a huge one in the next episode
     zeros = np.zeros((T, 1))
     vs, adv, _, _ = bpo_traj.trajectory_clipped_returns(
-        *map(jnp.asarray, (r, V, d, np.zeros(1), zeros, zeros)), 0.9, 0.8, 1.0, 1.0)
+        *map(jnp.asarray, (r, V, d, np.zeros(1), zeros, zeros)), 0.9, 0.8, 1.0, 1.0
+    )
     np.testing.assert_allclose(np.asarray(adv)[:3, 0], [0.72**2, 0.72, 1.0], rtol=1e-6)  # (gamma lambda)^(2-t)
     assert np.asarray(adv)[3, 0] == pytest.approx(1e6, rel=1e-6)
 
@@ -74,6 +76,7 @@ def test_pi_equal_mu_is_ppo_gae():
 def test_bpo_traj_differs_from_bpo_only_in_the_estimator():
     """The two files are standalone copies: the same Args fields (plus nothing), the same phases."""
     import bpo
+
     assert [f.name for f in dataclasses.fields(bpo.Args)] == [f.name for f in dataclasses.fields(bpo_traj.Args)]
     assert set(bpo.PRESETS) | {"ppo_bpo_zero1.0_traj", "ppo_bpo_zero1.5_traj"} == set(bpo_traj.PRESETS)
     assert bpo_traj.parse_args(["--preset", "ppo_bpo_zero1.5_traj"]).clip_c == 1.5

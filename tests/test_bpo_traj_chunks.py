@@ -4,9 +4,9 @@ result against the formula built at once (the estimator as it was before it was 
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_bpo_estimators import random_rollout
 
 import bpo_traj
-from test_bpo_estimators import random_rollout
 
 
 def unchunked(rewards, values, dones, last_value, log_pi, log_mu, gamma, lam, clip_rho, clip_c):
@@ -24,9 +24,11 @@ def unchunked(rewards, values, dones, last_value, log_pi, log_mu, gamma, lam, cl
     discount = (gamma * lam) ** jnp.where(k >= t, k - t, 0)
     weight = jnp.where(same, discount * jnp.exp(jnp.minimum(log_prod, jnp.log(clip_c))), 0.0)
     adv = jnp.einsum("tke,ke->te", weight, deltas)
-    clipped = dict(rho_clip_frac=jnp.mean(jnp.exp(log_ratio) > clip_rho),
-                   c_clip_frac=jnp.sum(same & (log_prod > jnp.log(clip_c))) / jnp.sum(same),
-                   effective_horizon=jnp.sum(weight) / (T * rewards.shape[1]))
+    clipped = dict(
+        rho_clip_frac=jnp.mean(jnp.exp(log_ratio) > clip_rho),
+        c_clip_frac=jnp.sum(same & (log_prod > jnp.log(clip_c))) / jnp.sum(same),
+        effective_horizon=jnp.sum(weight) / (T * rewards.shape[1]),
+    )
     return values + rho * adv, adv, rho, clipped
 
 

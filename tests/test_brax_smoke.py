@@ -12,9 +12,20 @@ import runner
 
 def test_ppo_ant_mjx_end_to_end(tmp_path):
     args = runner.apply_presets(ppo.Args(), ppo.PRESETS, ["mujoco_ppo"])
-    args = dataclasses.replace(args, env_id="ant", num_seeds=2, total_timesteps=2048, num_envs=4,
-                               num_steps=256, minibatch_size=256, num_epochs=1, eval_every=1024,
-                               eval_episodes=2, max_episode_steps=100, output_dir=str(tmp_path))
+    args = dataclasses.replace(
+        args,
+        env_id="ant",
+        num_seeds=2,
+        total_timesteps=2048,
+        num_envs=4,
+        num_steps=256,
+        minibatch_size=256,
+        num_epochs=1,
+        eval_every=1024,
+        eval_episodes=2,
+        max_episode_steps=100,
+        output_dir=str(tmp_path),
+    )
     summary = ppo.run(args)
     assert summary["completed"] and summary["env_steps"] == 2048
     assert len(summary["final_eval_return"]) == 2 and np.all(np.isfinite(summary["final_eval_return"]))

@@ -11,14 +11,17 @@ SCRIPTS = ["ppo.py", "bpo.py", "bpo_traj.py"]
 
 
 def run_script(script, *flags, cwd=ROOT):
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *flags], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, script), *flags], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 CASES = [
     (["--env-id", "NoSuchEnv-v0"], ["unknown env id 'NoSuchEnv-v0'", "CartPole-v1", "hopper"]),
-    (["--num-envs", "3", "--num-steps", "10", "--minibatch-size", "4"],
-     ["--num-envs 3 x --num-steps 10 = 30", "--minibatch-size 4"]),
+    (
+        ["--num-envs", "3", "--num-steps", "10", "--minibatch-size", "4"],
+        ["--num-envs 3 x --num-steps 10 = 30", "--minibatch-size 4"],
+    ),
     (["--num-envs", "0"], ["--num-envs must be positive"]),
     (["--total-timesteps", "-5"], ["--total-timesteps must be positive"]),
     (["--total-timesteps", "100"], ["less than one rollout"]),
@@ -41,14 +44,15 @@ BPO_CASES = [
 ]
 
 
-@pytest.mark.parametrize("script,flags,expected",
-                         [(s, f, e) for s in SCRIPTS for f, e in CASES]
-                         + [(s, f, e) for s in SCRIPTS[1:] for f, e in BPO_CASES])
+@pytest.mark.parametrize(
+    "script,flags,expected",
+    [(s, f, e) for s in SCRIPTS for f, e in CASES] + [(s, f, e) for s in SCRIPTS[1:] for f, e in BPO_CASES],
+)
 def test_bad_input_is_one_clear_line(script, flags, expected, tmp_path):
     out = tmp_path / "out"
     r = run_script(script, *flags, "--output-dir", str(out))
     assert r.returncode != 0
-    lines = [l for l in r.stderr.splitlines() if "import warp" not in l]  # Brax's optional-import notes
+    lines = [line for line in r.stderr.splitlines() if "import warp" not in line]  # Brax's optional-import notes
     assert len(lines) == 1, r.stderr
     assert "Traceback" not in r.stderr and lines[0].startswith(f"{script}: error: ")
     for text in expected:
@@ -68,8 +72,16 @@ def test_existing_output_dir_is_not_overwritten(script, tmp_path):
 def test_help_documents_every_flag(script):
     r = run_script(script, "--help")
     assert r.returncode == 0
-    for flag in ("--env-id", "--num-seeds", "--seed", "--total-timesteps", "--num-envs",
-                 "--num-steps", "--output-dir", "--preset"):
+    for flag in (
+        "--env-id",
+        "--num-seeds",
+        "--seed",
+        "--total-timesteps",
+        "--num-envs",
+        "--num-steps",
+        "--output-dir",
+        "--preset",
+    ):
         assert flag in r.stdout
 
 

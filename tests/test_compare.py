@@ -28,8 +28,15 @@ def write_run(folder, algo, env_id, returns, steps, presets=(), completed=True, 
                 if seed in diverged and j > 0:
                     w.writerow({"seed": seed, "env_steps": step, "diverged": 1})
                 else:
-                    w.writerow({"seed": seed, "env_steps": step, "train_return": 0.0, "eval_return": returns[seed, j],
-                                "diverged": 0})
+                    w.writerow(
+                        {
+                            "seed": seed,
+                            "env_steps": step,
+                            "train_return": 0.0,
+                            "eval_return": returns[seed, j],
+                            "diverged": 0,
+                        }
+                    )
 
 
 @pytest.fixture
@@ -64,7 +71,11 @@ def test_outputs_and_table(two_runs):
     for ext in ("png", "svg", "md"):
         assert (tmp / "out" / f"cmp.{ext}").stat().st_size > 0
     lines = md.strip().splitlines()
-    assert len(lines) == 4 and "| ppo | hopper | 8 |" in lines[2] and "| bpo + mujoco_ppo + ppo_bpo_zero | hopper | 6 |" in lines[3]
+    assert (
+        len(lines) == 4
+        and "| ppo | hopper | 8 |" in lines[2]
+        and "| bpo + mujoco_ppo + ppo_bpo_zero | hopper | 6 |" in lines[3]
+    )
     assert f"{compare.iqm(a[:, -1]):.1f}" in lines[2]
     # area under the IQM curve per step, and steps to 150 per seed
     curve = compare.iqm(a.T)
@@ -82,8 +93,12 @@ def test_missing_and_malformed_files_are_named(two_runs):
     with pytest.raises(compare.CompareError, match=r"bpo[/\\]metrics.csv: malformed"):
         compare.compare(compare.Args(runs=(str(tmp / "bpo"),)))
     (tmp / "ppo" / "config.json").write_text("{not json")
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "compare.py"), str(tmp / "ppo")],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "compare.py"), str(tmp / "ppo")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode != 0 and "ppo/config.json: malformed" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -116,20 +131,26 @@ def test_a_metric_undefined_for_some_seeds(tmp_path):
     varying): the IQM and its interval are over the seeds with a value, an evaluation where no seed
     has one is a gap (left out of the area), and a row that is missing is still an error."""
     steps = [1000, 2000, 3000, 4000]
-    ratio = np.array([[2.0, 1.0, np.nan, 0.5],
-                      [3.0, np.nan, np.nan, 0.7],
-                      [1.5, 2.0, np.nan, np.nan],
-                      [2.5, 4.0, np.nan, 0.9],
-                      [0.5, 3.0, np.nan, 1.1]])
+    ratio = np.array(
+        [
+            [2.0, 1.0, np.nan, 0.5],
+            [3.0, np.nan, np.nan, 0.7],
+            [1.5, 2.0, np.nan, np.nan],
+            [2.5, 4.0, np.nan, 0.9],
+            [0.5, 3.0, np.nan, 1.1],
+        ]
+    )
     write_run(tmp_path / "a", "bpo", "CartPole-v1", ratio, steps)
-    run, = compare.load_runs(str(tmp_path / "a"), None)
+    (run,) = compare.load_runs(str(tmp_path / "a"), None)
     np.testing.assert_array_equal(np.isnan(run.returns), np.isnan(ratio))
     curve = compare.iqm(run.returns.T)
     assert curve[0] == pytest.approx(compare.iqm(ratio[:, 0])) and np.isnan(curve[2])
     assert curve[1] == pytest.approx(compare.iqm(np.array([1.0, 2.0, 4.0, 3.0])))  # the 4 seeds with a value
     lo, hi = compare.iqm_interval(run.returns.T, compare.Args(runs=()))
     assert np.isnan(lo[2]) and np.isnan(hi[2]) and np.all(lo[[0, 1, 3]] <= curve[[0, 1, 3]])
-    md = compare.compare(compare.Args(runs=(str(tmp_path / "a"),), output=str(tmp_path / "c"), log_y=True, threshold=1.0))
+    md = compare.compare(
+        compare.Args(runs=(str(tmp_path / "a"),), output=str(tmp_path / "c"), log_y=True, threshold=1.0)
+    )
     final = compare.iqm(np.array([0.5, 0.7, 0.9, 1.1]))
     auc = np.trapezoid(curve[[0, 1, 3]], [1000, 2000, 4000]) / 3000
     assert f"| 5 (4 with a final value) | {final:.1f} [" in md and f"| {auc:.1f} |" in md

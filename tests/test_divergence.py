@@ -14,8 +14,16 @@ import numpy as np
 import compare
 import ppo
 
-TINY = dict(num_seeds=3, total_timesteps=1536, num_envs=4, num_steps=32, minibatch_size=64, num_epochs=2,
-            eval_every=256, eval_episodes=2)
+TINY = dict(
+    num_seeds=3,
+    total_timesteps=1536,
+    num_envs=4,
+    num_steps=32,
+    minibatch_size=64,
+    num_epochs=2,
+    eval_every=256,
+    eval_episodes=2,
+)
 
 
 def poisoned(seed_index: int, after_iterations: int):
@@ -25,12 +33,12 @@ def poisoned(seed_index: int, after_iterations: int):
     def make_train(args, env):
         trainer = ppo.make_train(args, env)
 
-        def train_chunk(state, num_active):
-            state, metrics = trainer.train_chunk(state, num_active)
+        def train_interval(state, num_active):
+            state, metrics = trainer.train_interval(state, num_active)
             bad = (jax.lax.axis_index("seeds") == seed_index) & (state.iteration > after_iterations)
             return state._replace(params=jax.tree.map(lambda x: jnp.where(bad, jnp.nan, x), state.params)), metrics
 
-        return trainer._replace(train_chunk=train_chunk)
+        return trainer._replace(train_interval=train_interval)
 
     return make_train
 
@@ -79,8 +87,8 @@ def read_events(path):
     data = open(path, "rb").read()
     pos = 0
     while pos < len(data):
-        (length,) = struct.unpack("<Q", data[pos:pos + 8])
-        event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+        (length,) = struct.unpack("<Q", data[pos : pos + 8])
+        event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
         pos += 12 + length + 4
         for v in event.summary.value:
             if v.HasField("simple_value"):

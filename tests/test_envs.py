@@ -2,9 +2,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from toy_env import TIME_LIMIT, counter_env, raw_counter_env
 
 import envs
-from toy_env import TIME_LIMIT, counter_env, raw_counter_env
 
 
 def test_unknown_id_lists_valid_ids():
@@ -95,7 +95,9 @@ def test_reward_scaler_tracks_discounted_returns():
         np.testing.assert_allclose(out, g, rtol=1e-5)
         g = np.where(d, 0.0, g)
     rms = envs.rms_update(scaler.rms, jnp.asarray(np.array(expected)))
-    assert np.isclose(envs.scale_reward(scaler._replace(rms=rms), 2.0), 2.0 / np.sqrt(np.var(expected) + 1e-8), rtol=1e-3)
+    assert np.isclose(
+        envs.scale_reward(scaler._replace(rms=rms), 2.0), 2.0 / np.sqrt(np.var(expected) + 1e-8), rtol=1e-3
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,11 +128,15 @@ def always_reset_step(raw, max_episode_steps, pool=1):
             spare_obs, spare_inner, left = state.pool
             take, draw = done & (left > 0), done & (left == 0)
             j = jnp.clip(pool - 1 - left, 0, pool - 2)
-            pick = lambda spare, new, old: jnp.where(take, spare[j], jnp.where(draw, new[0], old)).astype(jnp.result_type(old))
+            pick = lambda spare, new, old: jnp.where(take, spare[j], jnp.where(draw, new[0], old)).astype(
+                jnp.result_type(old)
+            )
             next_obs, next_inner = pick(spare_obs, drawn[0], obs), jax.tree.map(pick, spare_inner, drawn[1], inner)
             keep = lambda spare, new: jnp.where(draw, new[1:], spare).astype(spare.dtype)
             spares = (*jax.tree.map(keep, (spare_obs, spare_inner), drawn), jnp.where(draw, pool - 1, left - take))
-        next_state = envs.core.WrapperState(next_inner, jnp.where(done, 0, t), jnp.where(done, 0.0, episode_return), spares)
+        next_state = envs.core.WrapperState(
+            next_inner, jnp.where(done, 0, t), jnp.where(done, 0.0, episode_return), spares
+        )
         return envs.Timestep(next_obs, next_state, reward, terminated, truncated, obs, episode_return, t)
 
     return step

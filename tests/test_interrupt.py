@@ -19,8 +19,17 @@ import ppo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # No schedule depends on the run's length, so a run of the interrupted length is the reference.
-FLAGS = dict(num_seeds=2, num_envs=4, num_steps=32, minibatch_size=64, num_epochs=2, eval_every=128,
-             eval_episodes=2, anneal_lr=False, anneal_clip=False)
+FLAGS = dict(
+    num_seeds=2,
+    num_envs=4,
+    num_steps=32,
+    minibatch_size=64,
+    num_epochs=2,
+    eval_every=128,
+    eval_episodes=2,
+    anneal_lr=False,
+    anneal_clip=False,
+)
 BPO_FLAGS = dict(replay_size=256, fqe_epochs=1, mu_epochs=1)
 
 
@@ -41,9 +50,21 @@ def rows(folder):
 def test_interrupted_run_writes_consistent_outputs(module, sig, tmp_path):
     flags = {**FLAGS, **(BPO_FLAGS if module is bpo else {})}
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, f"{module.__name__}.py"), *cli(flags),
-                             "--total-timesteps", "10000000", "--output-dir", str(out)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            os.path.join(ROOT, f"{module.__name__}.py"),
+            *cli(flags),
+            "--total-timesteps",
+            "10000000",
+            "--output-dir",
+            str(out),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 240
     while not ((out / "metrics.csv").exists() and len(rows(out)) >= 4):  # two intervals written
         assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else ""

@@ -21,13 +21,28 @@ def read_rows(out):
 
 # Short runs: float rounding differs between the two programs (XLA fuses them differently) and
 # PPO amplifies it over many updates, so "equal" is checked over the first 4 iterations.
-SHORT = dict(num_seeds=2, total_timesteps=1024, num_envs=4, num_steps=64, minibatch_size=64, num_epochs=2,
-             eval_every=256, eval_episodes=2)
+SHORT = dict(
+    num_seeds=2,
+    total_timesteps=1024,
+    num_envs=4,
+    num_steps=64,
+    minibatch_size=64,
+    num_epochs=2,
+    eval_every=256,
+    eval_episodes=2,
+)
 CASES = {
     "discrete": dict(env_id="CartPole-v1"),
     # continuous, with every PPO option that --no-bpo must carry over to pi's update
-    "continuous": dict(env_id="Pendulum-v1", ent_coef=0.01, clip_vloss=True, normalize_obs=True,
-                       normalize_reward=True, anneal_clip=True, kernel_init="orthogonal"),
+    "continuous": dict(
+        env_id="Pendulum-v1",
+        ent_coef=0.01,
+        clip_vloss=True,
+        normalize_obs=True,
+        normalize_reward=True,
+        anneal_clip=True,
+        kernel_init="orthogonal",
+    ),
 }
 
 
@@ -52,8 +67,9 @@ def test_no_bpo_trains_as_ppo(module, case, ppo_runs, tmp_path):
     assert len(a) == len(b) == 8
     for row_p, row_b in zip(a, b):
         for k in ppo.METRIC_COLUMNS:
-            np.testing.assert_allclose(float(row_b[k]), float(row_p[k]), rtol=2e-3, atol=1e-5,
-                                       err_msg=f"{case} {k} at {row_p['env_steps']}")
+            np.testing.assert_allclose(
+                float(row_b[k]), float(row_p[k]), rtol=2e-3, atol=1e-5, err_msg=f"{case} {k} at {row_p['env_steps']}"
+            )
         # mu was pi at every rollout: every ratio is 1, and the BPO phases did not run
         assert float(row_b["ratio_max"]) == 1.0 and float(row_b["kl_mu_pi"]) == 0.0
         assert np.isnan(float(row_b["q_loss"])) and np.isnan(float(row_b["mu_loss"]))
@@ -69,9 +85,20 @@ def test_learning_rates_follow_progress():
     """With anneal_lr, pi and V decay per optimizer step (ppo.py's schedule) and mu and the Q
     heads by training progress: at the start of the last iteration every rate is 1/N of the
     initial one, not zero (the reference's mu rate reaches zero after about a quarter of a run)."""
-    args = bpo.Args(total_timesteps=4 * 256, num_envs=8, num_steps=32, minibatch_size=64, num_epochs=3,
-                    replay_size=256, fqe_epochs=2, fqe_minibatch_size=64, mu_epochs=5, mu_minibatch_size=32,
-                    learning_rate=1e-3, anneal_lr=True)
+    args = bpo.Args(
+        total_timesteps=4 * 256,
+        num_envs=8,
+        num_steps=32,
+        minibatch_size=64,
+        num_epochs=3,
+        replay_size=256,
+        fqe_epochs=2,
+        fqe_minibatch_size=64,
+        mu_epochs=5,
+        mu_minibatch_size=32,
+        learning_rate=1e-3,
+        anneal_lr=True,
+    )
     trainer = bpo.make_train(args, envs.make("CartPole-v1"))
     state = trainer.init(jax.random.PRNGKey(0))
     iteration = jax.jit(trainer.iteration)
@@ -85,11 +112,14 @@ def test_learning_rates_follow_progress():
     # 3 x 4 = 12: decayed by their own step counts against the PPO update's total of 48 (the
     # reference), mu's rate would be 0 from the second iteration on. Here all still move in the last.
     for name in ("mu", "q", "q_hat"):
-        moved = max(float(np.abs(x - y).max()) for x, y in zip(jax.tree.leaves(before.params[name]),
-                                                                jax.tree.leaves(state.params[name])))
+        moved = max(
+            float(np.abs(x - y).max())
+            for x, y in zip(jax.tree.leaves(before.params[name]), jax.tree.leaves(state.params[name]))
+        )
         assert moved > 1e-6, name
-    ppo_trainer = ppo.make_train(ppo.Args(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ppo.Args)}),
-                                 envs.make("CartPole-v1"))
+    ppo_trainer = ppo.make_train(
+        ppo.Args(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ppo.Args)}), envs.make("CartPole-v1")
+    )
     ppo_state = ppo_trainer.init(jax.random.PRNGKey(0))
     ppo_rates = []
     for _ in range(ppo_trainer.num_iterations):

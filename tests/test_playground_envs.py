@@ -29,8 +29,10 @@ def test_ids_are_registered_without_importing_playground():
     with pytest.raises(envs.UnknownEnvError) as e:
         envs.canonical_id("CheetahWalk")
     assert "HumanoidRun" in str(e.value) and "ant" in str(e.value)
-    code = ("import sys, envs; envs.canonical_id('CheetahRun'); envs.is_playground('HopperHop'); "
-            "sys.exit('mujoco_playground' in sys.modules or 'mujoco' in sys.modules)")
+    code = (
+        "import sys, envs; envs.canonical_id('CheetahRun'); envs.is_playground('HopperHop'); "
+        "sys.exit('mujoco_playground' in sys.modules or 'mujoco' in sys.modules)"
+    )
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
 
 
@@ -38,8 +40,9 @@ def test_missing_playground_is_a_one_line_install_hint(monkeypatch):
     import importlib.util
 
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "mujoco_playground" else find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "mujoco_playground" else find_spec(name, *a)
+    )
     with pytest.raises(ImportError) as e:
         envs.make("CheetahRun")
     assert "CheetahRun" in str(e.value) and "pip install" in str(e.value) and "\n" not in str(e.value)
@@ -73,6 +76,7 @@ def test_wrapper_contract(playground):
     step = jax.jit(jax.vmap(env.step))
     actions = jnp.array([[1.0], [-1.0]])  # push the carts hard: the state moves away from reset
     rewards, n_done = [], 0
+    prev_obs = None  # the observation before each step
     for t in range(1, 2 * LIMIT + 3):
         ts = step(jax.random.split(jax.random.PRNGKey(t), N_ENVS), state, actions)
         assert ts.obs.shape == ts.final_obs.shape == (N_ENVS, *env.obs_shape)
@@ -100,9 +104,22 @@ def test_bpo_on_a_playground_task_end_to_end(playground, tmp_path):
     """bpo.py on CartpoleSwingup, a tiny budget (compilation dominates, as in the MJX smoke test)."""
     import bpo
 
-    args = bpo.Args(env_id=TASK, num_seeds=2, total_timesteps=512, num_envs=4, num_steps=64, minibatch_size=128,
-                    num_epochs=1, replay_size=256, fqe_epochs=1, mu_epochs=1, eval_every=256, eval_episodes=2,
-                    max_episode_steps=50, output_dir=str(tmp_path))
+    args = bpo.Args(
+        env_id=TASK,
+        num_seeds=2,
+        total_timesteps=512,
+        num_envs=4,
+        num_steps=64,
+        minibatch_size=128,
+        num_epochs=1,
+        replay_size=256,
+        fqe_epochs=1,
+        mu_epochs=1,
+        eval_every=256,
+        eval_episodes=2,
+        max_episode_steps=50,
+        output_dir=str(tmp_path),
+    )
     summary = bpo.run(args)
     assert summary["completed"] and summary["env_steps"] == 512
     assert np.all(np.isfinite(summary["final_eval_return"]))

@@ -3,9 +3,9 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+from toy_env import TIME_LIMIT, counter_env
 
 import ppo
-from toy_env import TIME_LIMIT, counter_env
 
 
 def reference_gae(rewards, values, dones, last_value, gamma, lam):
@@ -62,8 +62,7 @@ def test_rollout_bootstraps_truncations_from_the_true_final_observation():
     reset_obs = np.asarray(traj.obs[1:])[truncated[:-1]]
     assert not np.allclose(V(final_obs[:-1][truncated[:-1]]), V(reset_obs))
     np.testing.assert_allclose(traj.value, V(obs), rtol=1e-5)
-    ref_adv, ref_target = reference_gae(expected_reward, V(obs), terminated | truncated,
-                                        V(new_state.obs), gamma, lam)
+    ref_adv, ref_target = reference_gae(expected_reward, V(obs), terminated | truncated, V(new_state.obs), gamma, lam)
     # What the iteration computes from this rollout (the last value is V of the next observation).
     adv, target = ppo.gae(traj.reward, traj.value, traj.done, jnp.asarray(V(new_state.obs)), gamma, lam)
     np.testing.assert_allclose(adv, ref_adv, rtol=1e-4, atol=1e-5)
@@ -79,10 +78,14 @@ def test_clipped_value_loss_is_purejaxrls():
     spec = envs.ActionSpec(True, 2)
     rng = np.random.default_rng(0)
     n, eps = 64, 0.2
-    batch = ppo.Batch(obs=jnp.asarray(rng.normal(size=(n, 3)), jnp.float32), action=jnp.asarray(rng.integers(0, 2, n)),
-                      log_old=jnp.full(n, np.log(0.5), jnp.float32), value=jnp.asarray(rng.normal(size=n), jnp.float32),
-                      advantage=jnp.asarray(rng.normal(size=n), jnp.float32),
-                      return_target=jnp.asarray(rng.normal(size=n), jnp.float32))
+    batch = ppo.Batch(
+        obs=jnp.asarray(rng.normal(size=(n, 3)), jnp.float32),
+        action=jnp.asarray(rng.integers(0, 2, n)),
+        log_old=jnp.full(n, np.log(0.5), jnp.float32),
+        value=jnp.asarray(rng.normal(size=n), jnp.float32),
+        advantage=jnp.asarray(rng.normal(size=n), jnp.float32),
+        return_target=jnp.asarray(rng.normal(size=n), jnp.float32),
+    )
     v_new = jnp.asarray(rng.normal(size=n), jnp.float32)
     apply_actor = lambda p, obs: jnp.zeros((obs.shape[0], 2))
     apply_critic = lambda p, obs: v_new
@@ -91,7 +94,14 @@ def test_clipped_value_loss_is_purejaxrls():
     V, V_old, R = np.asarray(v_new), np.asarray(batch.value), np.asarray(batch.return_target)
     expected = np.mean(np.maximum((V - R) ** 2, (V_old + np.clip(V - V_old, -eps, eps) - R) ** 2))
     np.testing.assert_allclose(stats["v_loss"], expected, rtol=1e-6)
-    _, plain = ppo.ppo_loss({"pi": None, "v": None}, apply_actor, apply_critic, spec, batch, eps,
-                            dataclasses.replace(args, clip_vloss=False))
+    _, plain = ppo.ppo_loss(
+        {"pi": None, "v": None},
+        apply_actor,
+        apply_critic,
+        spec,
+        batch,
+        eps,
+        dataclasses.replace(args, clip_vloss=False),
+    )
     np.testing.assert_allclose(plain["v_loss"], np.mean((V - R) ** 2), rtol=1e-6)
     assert expected > float(plain["v_loss"])  # the clipped term binds somewhere in this batch

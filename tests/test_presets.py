@@ -13,23 +13,39 @@ import ppo
 
 # (preset, field, value) from docs/algorithm.md and PureJaxRL's CartPole config.
 PUBLISHED = [
-    ("cartpole_ppo", "total_timesteps", 100_000), ("cartpole_ppo", "num_envs", 8),
-    ("cartpole_ppo", "num_steps", 32), ("cartpole_ppo", "minibatch_size", 256),
-    ("cartpole_ppo", "num_epochs", 20), ("cartpole_ppo", "gae_lambda", 0.8),
-    ("cartpole_ppo", "gamma", 0.98), ("cartpole_ppo", "clip_coef", 0.2),
-    ("cartpole_ppo", "anneal_clip", True), ("cartpole_ppo", "learning_rate", 1e-3),
-    ("cartpole_ppo", "anneal_lr", True), ("cartpole_ppo", "hidden_sizes", (64, 64)),
-    ("cartpole_ppo", "actor_activation", "tanh"), ("cartpole_ppo", "critic_activation", "tanh"),
-    ("mujoco_ppo", "total_timesteps", 1_500_000), ("mujoco_ppo", "num_envs", 1),
-    ("mujoco_ppo", "num_steps", 2048), ("mujoco_ppo", "minibatch_size", 64),
-    ("mujoco_ppo", "num_epochs", 10), ("mujoco_ppo", "ent_coef", 0.001),
-    ("mujoco_ppo", "clip_actions", True), ("mujoco_ppo", "actor_activation", "relu"),
-    ("mujoco_ppo", "kernel_init", "orthogonal"), ("mujoco_ppo", "normalize_obs", True),
+    ("cartpole_ppo", "total_timesteps", 100_000),
+    ("cartpole_ppo", "num_envs", 8),
+    ("cartpole_ppo", "num_steps", 32),
+    ("cartpole_ppo", "minibatch_size", 256),
+    ("cartpole_ppo", "num_epochs", 20),
+    ("cartpole_ppo", "gae_lambda", 0.8),
+    ("cartpole_ppo", "gamma", 0.98),
+    ("cartpole_ppo", "clip_coef", 0.2),
+    ("cartpole_ppo", "anneal_clip", True),
+    ("cartpole_ppo", "learning_rate", 1e-3),
+    ("cartpole_ppo", "anneal_lr", True),
+    ("cartpole_ppo", "hidden_sizes", (64, 64)),
+    ("cartpole_ppo", "actor_activation", "tanh"),
+    ("cartpole_ppo", "critic_activation", "tanh"),
+    ("mujoco_ppo", "total_timesteps", 1_500_000),
+    ("mujoco_ppo", "num_envs", 1),
+    ("mujoco_ppo", "num_steps", 2048),
+    ("mujoco_ppo", "minibatch_size", 64),
+    ("mujoco_ppo", "num_epochs", 10),
+    ("mujoco_ppo", "ent_coef", 0.001),
+    ("mujoco_ppo", "clip_actions", True),
+    ("mujoco_ppo", "actor_activation", "relu"),
+    ("mujoco_ppo", "kernel_init", "orthogonal"),
+    ("mujoco_ppo", "normalize_obs", True),
     ("mujoco_ppo_gsde", "normalize_obs", False),
-    ("purejaxrl_cartpole", "num_envs", 4), ("purejaxrl_cartpole", "num_steps", 128),
-    ("purejaxrl_cartpole", "num_epochs", 4), ("purejaxrl_cartpole", "minibatch_size", 128),
-    ("purejaxrl_cartpole", "learning_rate", 2.5e-4), ("purejaxrl_cartpole", "ent_coef", 0.01),
-    ("purejaxrl_cartpole", "gamma", 0.99), ("purejaxrl_cartpole", "gae_lambda", 0.95),
+    ("purejaxrl_cartpole", "num_envs", 4),
+    ("purejaxrl_cartpole", "num_steps", 128),
+    ("purejaxrl_cartpole", "num_epochs", 4),
+    ("purejaxrl_cartpole", "minibatch_size", 128),
+    ("purejaxrl_cartpole", "learning_rate", 2.5e-4),
+    ("purejaxrl_cartpole", "ent_coef", 0.01),
+    ("purejaxrl_cartpole", "gamma", 0.99),
+    ("purejaxrl_cartpole", "gae_lambda", 0.95),
 ]
 
 
@@ -53,23 +69,41 @@ def test_brax_task_without_preset_gets_mujoco_settings():
 
 
 BPO_PUBLISHED = [
-    ("cartpole_ppo", "replay_size", 1024), ("cartpole_ppo", "fqe_minibatch_size", 256),
-    ("cartpole_ppo", "mu_minibatch_size", 128), ("cartpole_ppo", "fqe_epochs", 10),
-    ("cartpole_ppo", "mu_epochs", 10), ("cartpole_ppo", "weight_td", True),
-    ("cartpole_ppo", "clip_targets", True), ("cartpole_ppo", "num_epochs", 20),
-    ("cartpole_ppo", "gae_lambda", 0.8), ("cartpole_ppo", "critic_activation", "tanh"),
-    ("mujoco_ppo", "replay_size", 8192), ("mujoco_ppo", "fqe_minibatch_size", 256),
-    ("mujoco_ppo", "mu_minibatch_size", 128), ("mujoco_ppo", "fqe_epochs", 20),
-    ("mujoco_ppo", "mu_epochs", 20), ("mujoco_ppo", "ent_coef", 0.001), ("mujoco_ppo", "num_steps", 2048),
-    ("ppo_bpo", "clip_rho", 1.5), ("ppo_bpo", "clip_c", 1.5), ("ppo_bpo", "symlog_targets", True),
-    ("ppo_bpo", "polyak_tau", 0.02), ("ppo_bpo", "q_layer_norm", False),
-    ("ppo_bpo_zero", "q_layer_norm", True), ("ppo_bpo_zero", "q_zero_init", True),
-    ("ppo_bpo_zero", "q_kernel_init", "orthogonal"), ("ppo_bpo_zero", "clip_rho", 1.5),
-    ("ppo_bpo_zero", "polyak_tau", 0.02), ("ppo_bpo_zero", "symlog_targets", True),
-    ("ppo_bpo_zero1.0", "clip_rho", 1.0), ("ppo_bpo_zero1.0", "clip_c", 1.0),
+    ("cartpole_ppo", "replay_size", 1024),
+    ("cartpole_ppo", "fqe_minibatch_size", 256),
+    ("cartpole_ppo", "mu_minibatch_size", 128),
+    ("cartpole_ppo", "fqe_epochs", 10),
+    ("cartpole_ppo", "mu_epochs", 10),
+    ("cartpole_ppo", "weight_td", True),
+    ("cartpole_ppo", "clip_targets", True),
+    ("cartpole_ppo", "num_epochs", 20),
+    ("cartpole_ppo", "gae_lambda", 0.8),
+    ("cartpole_ppo", "critic_activation", "tanh"),
+    ("mujoco_ppo", "replay_size", 8192),
+    ("mujoco_ppo", "fqe_minibatch_size", 256),
+    ("mujoco_ppo", "mu_minibatch_size", 128),
+    ("mujoco_ppo", "fqe_epochs", 20),
+    ("mujoco_ppo", "mu_epochs", 20),
+    ("mujoco_ppo", "ent_coef", 0.001),
+    ("mujoco_ppo", "num_steps", 2048),
+    ("ppo_bpo", "clip_rho", 1.5),
+    ("ppo_bpo", "clip_c", 1.5),
+    ("ppo_bpo", "symlog_targets", True),
+    ("ppo_bpo", "polyak_tau", 0.02),
+    ("ppo_bpo", "q_layer_norm", False),
+    ("ppo_bpo_zero", "q_layer_norm", True),
+    ("ppo_bpo_zero", "q_zero_init", True),
+    ("ppo_bpo_zero", "q_kernel_init", "orthogonal"),
+    ("ppo_bpo_zero", "clip_rho", 1.5),
+    ("ppo_bpo_zero", "polyak_tau", 0.02),
+    ("ppo_bpo_zero", "symlog_targets", True),
+    ("ppo_bpo_zero1.0", "clip_rho", 1.0),
+    ("ppo_bpo_zero1.0", "clip_c", 1.0),
     ("ppo_bpo_zero1.0", "q_layer_norm", True),
-    ("ppo_bpo_zero1.0_1.5", "clip_rho", 1.5), ("ppo_bpo_zero1.0_1.5", "clip_c", 1.0),
-    ("ppo_bpo_zero1.0_1.4", "clip_rho", 1.4), ("ppo_bpo_zero1.0_1.4", "clip_c", 1.0),
+    ("ppo_bpo_zero1.0_1.5", "clip_rho", 1.5),
+    ("ppo_bpo_zero1.0_1.5", "clip_c", 1.0),
+    ("ppo_bpo_zero1.0_1.4", "clip_rho", 1.4),
+    ("ppo_bpo_zero1.0_1.4", "clip_c", 1.0),
 ]
 
 
@@ -80,22 +114,56 @@ def test_bpo_preset_values(preset, field, value):
 
 def test_bpo_presets_compose_with_a_base():
     args = bpo.parse_args(["--preset", "mujoco_ppo", "ppo_bpo_zero1.0_1.5", "--clip-c", "1.2"])
-    assert (args.num_steps, args.replay_size, args.clip_rho, args.clip_c, args.q_zero_init) == (2048, 8192, 1.5, 1.2, True)
+    assert (args.num_steps, args.replay_size, args.clip_rho, args.clip_c, args.q_zero_init) == (
+        2048,
+        8192,
+        1.5,
+        1.2,
+        True,
+    )
     assert bpo.parse_args(["--env-id", "hopper"]).preset == ("mujoco_ppo", "ppo_bpo_zero1.0")
 
 
 # MuJoCo Playground's DM Control Suite PPO settings (dm_control_suite_params.brax_ppo_config,
 # Brax's PPO defaults where it is silent), in this project's terms; the same in all three scripts.
 PLAYGROUND = dict(
-    total_timesteps=60_000_000, num_envs=2048, num_steps=480, minibatch_size=30_720, num_epochs=16,
-    learning_rate=1e-3, anneal_lr=False, adam_eps=1e-8, max_grad_norm=float("inf"), gamma=0.995,
-    gae_lambda=0.95, clip_coef=0.3, anneal_clip=False, norm_adv=True, clip_vloss=False, ent_coef=0.01,
-    vf_coef=0.25, hidden_sizes=(32,) * 4, critic_hidden_sizes=(256,) * 5, actor_activation="swish",
-    critic_activation="swish", reward_scale=10.0, normalize_obs=True, normalize_reward=False,
-    clip_actions=True, max_episode_steps=0, noise_hold_steps=0, eval_every=5 * 983_040,
+    total_timesteps=60_000_000,
+    num_envs=2048,
+    num_steps=480,
+    minibatch_size=30_720,
+    num_epochs=16,
+    learning_rate=1e-3,
+    anneal_lr=False,
+    adam_eps=1e-8,
+    max_grad_norm=float("inf"),
+    gamma=0.995,
+    gae_lambda=0.95,
+    clip_coef=0.3,
+    anneal_clip=False,
+    norm_adv=True,
+    clip_vloss=False,
+    ent_coef=0.01,
+    vf_coef=0.25,
+    hidden_sizes=(32,) * 4,
+    critic_hidden_sizes=(256,) * 5,
+    actor_activation="swish",
+    critic_activation="swish",
+    reward_scale=10.0,
+    normalize_obs=True,
+    normalize_reward=False,
+    clip_actions=True,
+    max_episode_steps=0,
+    noise_hold_steps=0,
+    eval_every=5 * 983_040,
 )
-BPO_PLAYGROUND = dict(replay_size=983_040, fqe_minibatch_size=30_720, mu_minibatch_size=15_360,
-                      fqe_epochs=20, mu_epochs=20, q_hidden_sizes=(256, 256))
+BPO_PLAYGROUND = dict(
+    replay_size=983_040,
+    fqe_minibatch_size=30_720,
+    mu_minibatch_size=15_360,
+    fqe_epochs=20,
+    mu_epochs=20,
+    q_hidden_sizes=(256, 256),
+)
 
 
 @pytest.mark.parametrize("module", [ppo, bpo, bpo_traj])
@@ -112,19 +180,53 @@ def test_playground_preset_values(module):
 def test_playground_preset_composes_with_a_bpo_addon_and_yields_to_flags(module, addon):
     args = module.parse_args(["--env-id", "CheetahRun", "--preset", "playground_dm_control", addon])
     assert (args.num_steps, args.reward_scale, args.replay_size, args.critic_hidden_sizes) == (
-        480, 10.0, 983_040, (256,) * 5)
+        480,
+        10.0,
+        983_040,
+        (256,) * 5,
+    )
     assert (args.clip_rho, args.clip_c, args.q_layer_norm, args.q_zero_init, args.symlog_targets) == (
-        1.0, 1.0, True, True, True)
-    args = module.parse_args(["--env-id", "FingerSpin", "--preset", "playground_dm_control", addon,
-                              "--gamma", "0.95", "--num-envs", "16", "--critic-hidden-sizes", "64", "64"])
+        1.0,
+        1.0,
+        True,
+        True,
+        True,
+    )
+    args = module.parse_args(
+        [
+            "--env-id",
+            "FingerSpin",
+            "--preset",
+            "playground_dm_control",
+            addon,
+            "--gamma",
+            "0.95",
+            "--num-envs",
+            "16",
+            "--critic-hidden-sizes",
+            "64",
+            "64",
+        ]
+    )
     assert (args.gamma, args.num_envs, args.critic_hidden_sizes, args.num_steps) == (0.95, 16, (64, 64), 480)
 
 
 def test_playground_preset_flag_overrides_in_ppo():
-    args = ppo.parse_args(["--env-id", "WalkerRun", "--preset", "playground_dm_control",
-                           "--total-timesteps", "100000000", "--reward-scale", "1", "--max-grad-norm", "1.0"])
-    assert (args.total_timesteps, args.reward_scale, args.max_grad_norm, args.num_epochs) == (
-        100_000_000, 1.0, 1.0, 16)
+    args = ppo.parse_args(
+        [
+            "--env-id",
+            "WalkerRun",
+            "--preset",
+            "playground_dm_control",
+            "--total-timesteps",
+            "100000000",
+            "--reward-scale",
+            "1",
+            "--max-grad-norm",
+            "1.0",
+        ]
+    )
+    assert (args.total_timesteps, args.reward_scale, args.max_grad_norm, args.num_epochs) == (100_000_000, 1.0, 1.0, 16)
 
 
 @pytest.mark.parametrize("module", [ppo, bpo])  # bpo_traj.py is bpo.py here, line for line
@@ -133,18 +235,34 @@ def test_critic_sizes_swish_and_reward_scale_do_what_they_say(module):
     x * sigmoid(x); reward_scale multiplies the rollout's rewards exactly and nothing else (the
     actions, hence the trajectory, and evaluation returns are unchanged); max_grad_norm inf does
     not clip."""
+
     def trainer_for(**kw):
-        args = module.Args(env_id="CartPole-v1", num_envs=2, num_steps=8, minibatch_size=16, total_timesteps=16,
-                           eval_every=16, eval_episodes=2, hidden_sizes=(8,), critic_hidden_sizes=(16, 12),
-                           actor_activation="swish", critic_activation="swish", learning_rate=0.0,
-                           anneal_lr=False, **({} if module is ppo else dict(replay_size=32, fqe_minibatch_size=16, mu_minibatch_size=16)), **kw)
+        args = module.Args(
+            env_id="CartPole-v1",
+            num_envs=2,
+            num_steps=8,
+            minibatch_size=16,
+            total_timesteps=16,
+            eval_every=16,
+            eval_episodes=2,
+            hidden_sizes=(8,),
+            critic_hidden_sizes=(16, 12),
+            actor_activation="swish",
+            critic_activation="swish",
+            learning_rate=0.0,
+            anneal_lr=False,
+            **({} if module is ppo else dict(replay_size=32, fqe_minibatch_size=16, mu_minibatch_size=16)),
+            **kw,
+        )
         trainer = module.make_train(args, envs.make("CartPole-v1"))
         return trainer, trainer.init(jax.random.PRNGKey(3))
 
     trainer, state = trainer_for(reward_scale=2.5)
+
     def shapes(params):
         layers = params["params"]["MLP_0"]
         return [layers[f"Dense_{i}"]["kernel"].shape for i in range(sum(k.startswith("Dense") for k in layers))]
+
     assert shapes(state.params["v"]) == [(4, 16), (16, 12), (12, 1)]
     assert shapes(state.params["pi"]) == [(4, 8), (8, 2)]
     if module is not ppo:
@@ -165,8 +283,8 @@ def test_critic_sizes_swish_and_reward_scale_do_what_they_say(module):
         np.testing.assert_array_equal(traj.env_reward, 2.5 * np.asarray(ref.env_reward))
     np.testing.assert_array_equal(ep_return, ref_return)  # episode statistics are the environment's
     # Evaluation (learning rate 0: the same policy either way) reports unscaled returns.
-    _, metrics = jax.jit(trainer.train_chunk)(state, 1)
-    _, ref_metrics = jax.jit(ref_trainer.train_chunk)(ref_state, 1)
+    _, metrics = jax.jit(trainer.train_interval)(state, 1)
+    _, ref_metrics = jax.jit(ref_trainer.train_interval)(ref_state, 1)
     assert metrics["eval_return"] == ref_metrics["eval_return"] >= 8.0
 
     grads = {"a": jnp.array([3e4, -4e4])}

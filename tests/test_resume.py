@@ -15,8 +15,24 @@ import ppo
 import runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLAGS = ["--num-seeds", "2", "--num-envs", "4", "--num-steps", "32", "--minibatch-size", "64", "--num-epochs", "2",
-         "--eval-every", "128", "--eval-episodes", "2", "--total-timesteps", "2560"]
+FLAGS = [
+    "--num-seeds",
+    "2",
+    "--num-envs",
+    "4",
+    "--num-steps",
+    "32",
+    "--minibatch-size",
+    "64",
+    "--num-epochs",
+    "2",
+    "--eval-every",
+    "128",
+    "--eval-episodes",
+    "2",
+    "--total-timesteps",
+    "2560",
+]
 BPO_FLAGS = ["--replay-size", "256", "--fqe-epochs", "1", "--mu-epochs", "1"]
 
 
@@ -26,8 +42,13 @@ def data_rows(folder):
 
 
 def start(module, flags, out):
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, f"{module.__name__}.py"), *flags, "--output-dir", out],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, f"{module.__name__}.py"), *flags, "--output-dir", out],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def wait_for_rows(proc, out, n, timeout=240):
@@ -59,18 +80,24 @@ def test_resumed_run_writes_exactly_the_uninterrupted_runs_metrics(module, sig, 
     module.run(module.parse_args(["--resume", cut]))
     assert open(os.path.join(cut, "metrics.csv"), "rb").read() == open(os.path.join(whole, "metrics.csv"), "rb").read()
     import json
+
     summary = json.load(open(os.path.join(cut, "summary.json")))
-    assert summary["completed"] and summary["final_eval_return"] == json.load(open(os.path.join(whole, "summary.json")))["final_eval_return"]
+    assert (
+        summary["completed"]
+        and summary["final_eval_return"] == json.load(open(os.path.join(whole, "summary.json")))["final_eval_return"]
+    )
     assert len(os.listdir(os.path.join(cut, "checkpoints"))) <= runner.KEEP_CHECKPOINTS
 
 
 def test_resume_refuses_changes_and_extends(tmp_path, capsys):
     out = str(tmp_path / "run")
     ppo.run(ppo.parse_args(FLAGS + ["--output-dir", out]))  # 20 intervals: checkpoints at 10, 20
-    for flags, message in [(["--learning-rate", "0.1"], "--learning-rate 0.1 differs from the run's 0.001"),
-                           (["--total-timesteps", "1280"], "it may only grow"),
-                           (["--output-dir", str(tmp_path / "elsewhere")], "--output-dir"),
-                           (["--preset", "cartpole_ppo"], "--preset")]:
+    for flags, message in [
+        (["--learning-rate", "0.1"], "--learning-rate 0.1 differs from the run's 0.001"),
+        (["--total-timesteps", "1280"], "it may only grow"),
+        (["--output-dir", str(tmp_path / "elsewhere")], "--output-dir"),
+        (["--preset", "cartpole_ppo"], "--preset"),
+    ]:
         with pytest.raises(runner.ConfigError, match=message):
             ppo.parse_args(["--resume", out, *flags])
     with pytest.raises(runner.ConfigError, match="a run of ppo.py"):
@@ -99,5 +126,5 @@ def test_resume_refuses_changes_and_extends(tmp_path, capsys):
     before = open(os.path.join(out, "metrics.csv")).readlines()
     summary = ppo.run(ppo.parse_args(["--resume", out, "--total-timesteps", "3840"]))
     after = open(os.path.join(out, "metrics.csv")).readlines()
-    assert after[:len(before)] == before and len(after) == len(before) + 2 * 10
+    assert after[: len(before)] == before and len(after) == len(before) + 2 * 10
     assert summary["completed"] and summary["env_steps"] == 3840

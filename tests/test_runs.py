@@ -15,8 +15,16 @@ import envs
 import ppo
 import runner
 
-TINY = dict(env_id="CartPole-v1", total_timesteps=2048, num_envs=4, num_steps=32,
-            minibatch_size=64, num_epochs=2, eval_every=1024, eval_episodes=3)
+TINY = dict(
+    env_id="CartPole-v1",
+    total_timesteps=2048,
+    num_envs=4,
+    num_steps=32,
+    minibatch_size=64,
+    num_epochs=2,
+    eval_every=1024,
+    eval_episodes=3,
+)
 BPO_TINY = dict(replay_size=256, fqe_epochs=2, mu_epochs=2)
 
 
@@ -38,8 +46,17 @@ def test_outputs_exist_and_parse(module, tmp_path):
         assert (out / name).stat().st_size > 0, name
     on_disk = json.load(open(out / "summary.json"))
     assert on_disk == json.loads(json.dumps(summary))
-    for key in ("algo", "env_id", "seeds", "final_eval_return", "final_eval_return_mean", "env_steps",
-                "env_steps_per_second", "compile_seconds", "train_seconds"):
+    for key in (
+        "algo",
+        "env_id",
+        "seeds",
+        "final_eval_return",
+        "final_eval_return_mean",
+        "env_steps",
+        "env_steps_per_second",
+        "compile_seconds",
+        "train_seconds",
+    ):
         assert key in on_disk, key
     assert on_disk["algo"] == module.__name__ and on_disk["seeds"] == [5, 6]
     assert len(on_disk["final_eval_return"]) == 2 and on_disk["env_steps"] == 2048 and on_disk["completed"]

@@ -3,7 +3,6 @@ exactly as the standalone run with those values; bad keys are one-line errors be
 compiled; the rows spread over several devices give the same numbers."""
 
 import csv
-import dataclasses
 import json
 import os
 import subprocess
@@ -22,8 +21,16 @@ import ppo
 import runner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(total_timesteps=1024, num_envs=4, num_steps=32, minibatch_size=64, num_epochs=2, eval_every=512,
-            eval_episodes=2, checkpoint_every=0)
+TINY = dict(
+    total_timesteps=1024,
+    num_envs=4,
+    num_steps=32,
+    minibatch_size=64,
+    num_epochs=2,
+    eval_every=512,
+    eval_episodes=2,
+    checkpoint_every=0,
+)
 BPO_TINY = dict(replay_size=256, fqe_epochs=1, mu_epochs=1)
 
 
@@ -47,18 +54,21 @@ def assert_rows_equal(a, b, columns):
 # ----------------------------------------------------------------------------------------------
 # Bad input: one line, before anything is compiled or written
 # ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("sweep,message", [
-    (["num_envs=4,8"], "num_envs sets an array shape"),
-    (["hidden_sizes=32,64"], "hidden_sizes sets an array shape"),
-    (["env_id=CartPole-v1"], "env_id sets an array shape"),
-    (["clip_cof=0.1,0.2"], "'clip_cof' is not a flag"),
-    (["clip_coef=0.1,big"], "clip_coef takes numbers, got 'big'"),
-    (["norm_adv=true,maybe"], "norm_adv takes true or false"),
-    (["clip_coef"], "write KEY=V1,V2"),
-    (["clip_coef=0.1", "clip_coef=0.2"], "clip_coef is given twice"),
-    (["clip_coef=0.1,0.1"], "clip_coef repeats a value"),
-    (["gamma=0.99,1.5"], "--gamma must be in [0, 1], got 1.5"),
-])
+@pytest.mark.parametrize(
+    "sweep,message",
+    [
+        (["num_envs=4,8"], "num_envs sets an array shape"),
+        (["hidden_sizes=32,64"], "hidden_sizes sets an array shape"),
+        (["env_id=CartPole-v1"], "env_id sets an array shape"),
+        (["clip_cof=0.1,0.2"], "'clip_cof' is not a flag"),
+        (["clip_coef=0.1,big"], "clip_coef takes numbers, got 'big'"),
+        (["norm_adv=true,maybe"], "norm_adv takes true or false"),
+        (["clip_coef"], "write KEY=V1,V2"),
+        (["clip_coef=0.1", "clip_coef=0.2"], "clip_coef is given twice"),
+        (["clip_coef=0.1,0.1"], "clip_coef repeats a value"),
+        (["gamma=0.99,1.5"], "--gamma must be in [0, 1], got 1.5"),
+    ],
+)
 def test_bad_sweeps_are_one_line_errors(sweep, message, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(runner.ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")) as e:
@@ -83,8 +93,12 @@ def test_the_cli_takes_a_sweep():
     assert args.sweep == ("clip_rho=1.0,1.5", "clip_c=1.0,2.0") and args.num_devices == 1
     grid = runner.parse_sweep(args, bpo.SWEEPABLE, bpo.validate)
     assert grid.keys == ("clip_rho", "clip_c")
-    assert grid.members == [dict(clip_rho=1.0, clip_c=1.0), dict(clip_rho=1.0, clip_c=2.0),
-                            dict(clip_rho=1.5, clip_c=1.0), dict(clip_rho=1.5, clip_c=2.0)]
+    assert grid.members == [
+        dict(clip_rho=1.0, clip_c=1.0),
+        dict(clip_rho=1.0, clip_c=2.0),
+        dict(clip_rho=1.5, clip_c=1.0),
+        dict(clip_rho=1.5, clip_c=2.0),
+    ]
 
 
 @pytest.mark.parametrize("module,probe", [(ppo, 0), (bpo, 0), (bpo_traj, 0), (bpo, 4), (bpo_traj, 4)])
@@ -95,11 +109,14 @@ def test_every_sweepable_key_is_a_traced_input(module, probe, env_id):
     gamma (the probe's horizon)."""
     args = tiny(module, env_id=env_id, **({"variance_probe": probe} if probe else {}))
     values = runner.with_values(module.make_train, args, envs.make(env_id))
-    hp = {k: jax.ShapeDtypeStruct((), jnp.bool_ if isinstance(getattr(args, k), bool) else jnp.float32)
-          for k in module.SWEEPABLE if not (probe and k == "gamma")}
+    hp = {
+        k: jax.ShapeDtypeStruct((), jnp.bool_ if isinstance(getattr(args, k), bool) else jnp.float32)
+        for k in module.SWEEPABLE
+        if not (probe and k == "gamma")
+    }
     like = jax.eval_shape(lambda key, hp: values(hp).init(key), jax.random.PRNGKey(0), hp)
     batched = lambda x: jax.ShapeDtypeStruct((3, *x.shape), x.dtype)  # noqa: E731
-    chunk = jax.vmap(lambda s, hp, n: values(hp).train_chunk(s, n), in_axes=(0, 0, None), axis_name="seeds")
+    chunk = jax.vmap(lambda s, hp, n: values(hp).train_interval(s, n), in_axes=(0, 0, None), axis_name="seeds")
     _, metrics = jax.eval_shape(chunk, jax.tree.map(batched, like), jax.tree.map(batched, hp), jnp.int32(1))
     assert metrics["eval_return"].shape == (3,)
 
@@ -107,10 +124,13 @@ def test_every_sweepable_key_is_a_traced_input(module, probe, env_id):
 # ----------------------------------------------------------------------------------------------
 # Member k with seed i trains exactly as the standalone run
 # ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("module,env_id,sweep,alone", [
-    (ppo, "CartPole-v1", ("clip_coef=0.1,0.3", "norm_adv=true,false"), dict(clip_coef=0.3, norm_adv=False)),
-    (bpo, "Pendulum-v1", ("clip_rho=1.0,2.0", "learning_rate=1e-3,3e-4"), dict(clip_rho=2.0, learning_rate=3e-4)),
-])
+@pytest.mark.parametrize(
+    "module,env_id,sweep,alone",
+    [
+        (ppo, "CartPole-v1", ("clip_coef=0.1,0.3", "norm_adv=true,false"), dict(clip_coef=0.3, norm_adv=False)),
+        (bpo, "Pendulum-v1", ("clip_rho=1.0,2.0", "learning_rate=1e-3,3e-4"), dict(clip_rho=2.0, learning_rate=3e-4)),
+    ],
+)
 def test_member_equals_the_standalone_run(module, env_id, sweep, alone, tmp_path):
     columns = module.METRIC_COLUMNS
     summary = module.run(tiny(module, env_id=env_id, num_seeds=2, sweep=sweep, output_dir=str(tmp_path / "sweep")))
@@ -144,9 +164,28 @@ def test_sweep_resumes_exactly(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # Devices
 # ----------------------------------------------------------------------------------------------
-DEVICE_FLAGS = ["--total-timesteps", "1024", "--num-envs", "4", "--num-steps", "32", "--minibatch-size", "64",
-                "--num-epochs", "2", "--eval-every", "512", "--eval-episodes", "2", "--checkpoint-every", "0",
-                "--num-seeds", "1", "--sweep", "clip_coef=0.1,0.2,0.3"]
+DEVICE_FLAGS = [
+    "--total-timesteps",
+    "1024",
+    "--num-envs",
+    "4",
+    "--num-steps",
+    "32",
+    "--minibatch-size",
+    "64",
+    "--num-epochs",
+    "2",
+    "--eval-every",
+    "512",
+    "--eval-episodes",
+    "2",
+    "--checkpoint-every",
+    "0",
+    "--num-seeds",
+    "1",
+    "--sweep",
+    "clip_coef=0.1,0.2,0.3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -162,8 +201,14 @@ def test_rows_sharded_over_two_devices_give_the_same_numbers(one_device, tmp_pat
     """3 members x 1 seed on 2 forced host devices (padded to 4 rows, the padding dropped) against
     the same sweep on this process's one device."""
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "ppo.py", *DEVICE_FLAGS, "--output-dir", str(tmp_path / "two")], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "ppo.py", *DEVICE_FLAGS, "--output-dir", str(tmp_path / "two")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "on 2 device(s)" in proc.stdout
     assert len(json.load(open(tmp_path / "two" / "config.json"))["devices"]) == 2
@@ -197,18 +242,44 @@ def test_two_processes_under_jax_distributed_write_the_one_process_numbers(one_d
         port = s.getsockname()[1]
     flags = DEVICE_FLAGS
     code = LAUNCH.format(port=port)
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(i), "ppo.py", *flags, "--output-dir", str(tmp_path / "many")],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env={**os.environ, "JAX_PLATFORMS": "cpu"}) for i in (1, 0)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(i), "ppo.py", *flags, "--output-dir", str(tmp_path / "many")],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        )
+        for i in (1, 0)
+    ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
     assert len(json.load(open(tmp_path / "many" / "config.json"))["devices"]) == 2
     assert_rows_equal(rows(tmp_path / "many"), one_device, ppo.METRIC_COLUMNS)
     # checkpoints across hosts are refused, one line, before compiling
-    procs = [subprocess.Popen([sys.executable, "-c", code.replace(str(port), str(port + 1)), str(i), "ppo.py",
-                               *flags[:-6], "--output-dir", str(tmp_path / "refused")], cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-             for i in (1, 0)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                code.replace(str(port), str(port + 1)),
+                str(i),
+                "ppo.py",
+                *flags[:-6],
+                "--output-dir",
+                str(tmp_path / "refused"),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        )
+        for i in (1, 0)
+    ]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
-    assert all(p.returncode == 1 and "checkpoints and --resume are not supported across hosts" in out
-               for p, out in zip(procs, outputs)), outputs
+    assert all(
+        p.returncode == 1 and "checkpoints and --resume are not supported across hosts" in out
+        for p, out in zip(procs, outputs)
+    ), outputs

@@ -26,8 +26,23 @@ def test_measures_training_and_ceiling(script, tmp_path, monkeypatch):
         return raw._replace(step=step)
 
     monkeypatch.setattr(throughput, "make_raw", paying_raw)
-    argv = ["--iterations", "2", "--repeats", "2", "--out", str(out), f"{script}.py",
-            "--num-seeds", "2", "--num-envs", "4", "--num-steps", "16", "--minibatch-size", "32"]
+    argv = [
+        "--iterations",
+        "2",
+        "--repeats",
+        "2",
+        "--out",
+        str(out),
+        f"{script}.py",
+        "--num-seeds",
+        "2",
+        "--num-envs",
+        "4",
+        "--num-steps",
+        "16",
+        "--minibatch-size",
+        "32",
+    ]
     if script != "ppo":
         argv += ["--replay-size", "128", "--fqe-minibatch-size", "32", "--mu-minibatch-size", "32"]
     r = throughput.main(argv)
@@ -89,15 +104,18 @@ def test_bare_steps_the_raw_env_without_reset():
     assert 0 < float(reward_sum) < num_envs * num_steps  # every episode ended, none was reset
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--env-id", "ant"], "name a script"),
-    (["--iterations", "0", "ppo.py"], "--iterations and --repeats must be >= 1"),
-    (["ppo.py", "--env-id", "NoSuchEnv-v0"], "Valid ids: CartPole-v1"),
-    (["bpo.py", "--num-steps", "30"], "minibatch"),
-    # a flag's value that names a script is not the script: `--out ppo` then bpo.py's bad flag
-    (["--out", "ppo", "bpo.py", "--num-steps", "30"], "minibatch"),
-    (["--out", "ppo"], "name a script"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--env-id", "ant"], "name a script"),
+        (["--iterations", "0", "ppo.py"], "--iterations and --repeats must be >= 1"),
+        (["ppo.py", "--env-id", "NoSuchEnv-v0"], "Valid ids: CartPole-v1"),
+        (["bpo.py", "--num-steps", "30"], "minibatch"),
+        # a flag's value that names a script is not the script: `--out ppo` then bpo.py's bad flag
+        (["--out", "ppo", "bpo.py", "--num-steps", "30"], "minibatch"),
+        (["--out", "ppo"], "name a script"),
+    ],
+)
 def test_bad_input_is_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         throughput.main(argv)
@@ -111,11 +129,17 @@ def test_versus_times_each_version_with_its_own_modules_and_merges_presets(tmp_p
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sys.path.insert(0, os.path.join(root, "benchmarks"))
-    import runner
     import versus
 
+    import runner
+
     assert versus.argv_for("--preset cartpole_ppo --num-seeds 2", "ppo_bpo_zero1.0") == [
-        "--preset", "cartpole_ppo", "ppo_bpo_zero1.0", "--num-seeds", "2"]
+        "--preset",
+        "cartpole_ppo",
+        "ppo_bpo_zero1.0",
+        "--num-seeds",
+        "2",
+    ]
     assert versus.argv_for("--num-seeds 2", "--clip-rho 1.2") == ["--num-seeds", "2", "--clip-rho", "1.2"]
     # another checkout: its ppo.py runs with its own runner.py and envs/, this one's stay in place
     other = tmp_path / "other"
@@ -131,9 +155,19 @@ def test_versus_times_each_version_with_its_own_modules_and_merges_presets(tmp_p
     assert sys.modules["runner"] is runner and not hasattr(runner, "OTHER_CHECKOUT")
     assert sys.modules["envs"].__file__ == os.path.join(root, "envs", "__init__.py")
     out = tmp_path / "versus.json"
-    result = versus.main(["a=ppo.py", f"b={other / 'ppo.py'}", "--flags=--num-seeds 1 --num-envs 2 --num-steps 16 "
-                          "--minibatch-size 32 --num-epochs 1", "--iterations", "2", "--repeats", "2",
-                          "--out", str(out)])
+    result = versus.main(
+        [
+            "a=ppo.py",
+            f"b={other / 'ppo.py'}",
+            "--flags=--num-seeds 1 --num-envs 2 --num-steps 16 --minibatch-size 32 --num-epochs 1",
+            "--iterations",
+            "2",
+            "--repeats",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     assert list(result) == ["a", "b"] and result["a"]["env_steps_per_call"] == 2 * 2 * 16
     assert len(result["b"]["seconds"]) == 2 and json.loads(out.read_text())["variants"]["b"]["time_vs_first"] > 0
 
@@ -146,11 +180,29 @@ def test_threefry_benchmark_compares_both_lowerings_and_restores_runners(tmp_pat
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sys.path.insert(0, os.path.join(root, "benchmarks"))
-    import runner
     import threefry
 
-    result = threefry.main(["--iterations", "1", "--repeats", "2", "ppo.py", "--num-seeds", "2", "--num-envs", "2",
-                            "--num-steps", "16", "--minibatch-size", "32", "--num-epochs", "1"])
+    import runner
+
+    result = threefry.main(
+        [
+            "--iterations",
+            "1",
+            "--repeats",
+            "2",
+            "ppo.py",
+            "--num-seeds",
+            "2",
+            "--num-envs",
+            "2",
+            "--num-steps",
+            "16",
+            "--minibatch-size",
+            "32",
+            "--num-epochs",
+            "1",
+        ]
+    )
     assert result["bitwise_equal_params"] and result["speedup"] > 0
     assert len(result["rolled"]["seconds"]) == len(result["unrolled"]["seconds"]) == 2
     # afterwards a random draw compiles as runner.py set it up (unrolled: no while loop of its own)
@@ -170,11 +222,38 @@ def test_phases_times_each_phase_as_the_iteration_runs_it(script, tmp_path):
     import phases
 
     out = tmp_path / "phases.json"
-    argv = ["--fill", "2", "--repeats", "2", "--out", str(out), f"{script}.py", "--num-seeds", "2", "--num-envs", "2",
-            "--num-steps", "16", "--minibatch-size", "16", "--num-epochs", "1"]
+    argv = [
+        "--fill",
+        "2",
+        "--repeats",
+        "2",
+        "--out",
+        str(out),
+        f"{script}.py",
+        "--num-seeds",
+        "2",
+        "--num-envs",
+        "2",
+        "--num-steps",
+        "16",
+        "--minibatch-size",
+        "16",
+        "--num-epochs",
+        "1",
+    ]
     if script == "bpo":
-        argv += ["--replay-size", "64", "--fqe-minibatch-size", "16", "--mu-minibatch-size", "16",
-                 "--fqe-epochs", "1", "--mu-epochs", "1"]
+        argv += [
+            "--replay-size",
+            "64",
+            "--fqe-minibatch-size",
+            "16",
+            "--mu-minibatch-size",
+            "16",
+            "--fqe-epochs",
+            "1",
+            "--mu-epochs",
+            "1",
+        ]
     r = phases.main(argv)
     names = ["iteration", "rollout"] + (["fit_q", "fit_q_hat", "update_mu"] if script == "bpo" else [])
     assert list(r["median_seconds"]) == names and all(len(r["seconds"][n]) == 2 for n in names)
@@ -186,7 +265,7 @@ def test_phases_times_each_phase_as_the_iteration_runs_it(script, tmp_path):
         import bpo
         import runner
 
-        args = bpo.parse_args(argv[argv.index("bpo.py") + 1:])
+        args = bpo.parse_args(argv[argv.index("bpo.py") + 1 :])
         trainer = bpo.make_train(args, runner.make_env(args))
         state = jax.jit(trainer.iteration)(trainer.init(jax.random.PRNGKey(0)))[0]
         fns = phases.phases(trainer, args.learning_rate)

@@ -18,9 +18,12 @@ N = 40_000
 
 
 def bandit(rewards=R):
-    raw = envs.RawEnv(lambda k: (jnp.ones(1), jnp.zeros(())),
-                      lambda k, s, a: (jnp.ones(1), s, jnp.asarray(rewards, jnp.float32)[a], True), (1,),
-                      envs.ActionSpec(True, 3))
+    raw = envs.RawEnv(
+        lambda k: (jnp.ones(1), jnp.zeros(())),
+        lambda k, s, a: (jnp.ones(1), s, jnp.asarray(rewards, jnp.float32)[a], True),
+        (1,),
+        envs.ActionSpec(True, 3),
+    )
     return envs.with_time_limit("bandit", raw, 10)
 
 
@@ -34,10 +37,16 @@ def with_probs(actor_params, probs):
 
 
 def probe(module, mu_probs, pi_probs=PI, rewards=R, **kw):
-    args = module.Args(num_envs=1, num_steps=64, minibatch_size=64, variance_probe=N, variance_probe_horizon=2, gamma=0.9, **kw)
+    args = module.Args(
+        num_envs=1, num_steps=64, minibatch_size=64, variance_probe=N, variance_probe_horizon=2, gamma=0.9, **kw
+    )
     trainer = module.make_train(args, bandit(rewards))
     state = trainer.init(jax.random.PRNGKey(0))
-    params = {**state.params, "pi": with_probs(state.params["pi"], pi_probs), "mu": with_probs(state.params["pi"], mu_probs)}
+    params = {
+        **state.params,
+        "pi": with_probs(state.params["pi"], pi_probs),
+        "mu": with_probs(state.params["pi"], mu_probs),
+    }
     out = jax.jit(trainer.variance_probe)(state._replace(params=params), jax.random.PRNGKey(1))
     return {k: float(v) for k, v in out.items()}
 
@@ -115,20 +124,30 @@ def test_probe_off_leaves_the_compiled_program_unchanged():
     """With --variance-probe 0 the probe's flags do not reach the compiled program, and with it on
     the training's random numbers are untouched (the probe draws from its own stream)."""
     env = envs.make("CartPole-v1")
-    base = bpo.Args(num_envs=4, num_steps=32, minibatch_size=64, num_epochs=1, replay_size=128, fqe_epochs=1,
-                    mu_epochs=1, total_timesteps=256, eval_every=128, eval_episodes=2)
+    base = bpo.Args(
+        num_envs=4,
+        num_steps=32,
+        minibatch_size=64,
+        num_epochs=1,
+        replay_size=128,
+        fqe_epochs=1,
+        mu_epochs=1,
+        total_timesteps=256,
+        eval_every=128,
+        eval_episodes=2,
+    )
 
     def program(args):
         trainer = bpo.make_train(args, env)
         state = trainer.init(jax.random.PRNGKey(0))
-        return jax.jit(trainer.train_chunk).lower(state, jnp.int32(1)).as_text(), trainer, state
+        return jax.jit(trainer.train_interval).lower(state, jnp.int32(1)).as_text(), trainer, state
 
     off, trainer, state = program(base)
     assert program(dataclasses.replace(base, variance_probe_horizon=7))[0] == off
     on, trainer_on, _ = program(dataclasses.replace(base, variance_probe=8))
     assert on != off and "probe" not in off
-    s_off, m_off = jax.jit(trainer.train_chunk)(state, jnp.int32(1))
-    s_on, m_on = jax.jit(trainer_on.train_chunk)(state, jnp.int32(1))
+    s_off, m_off = jax.jit(trainer.train_interval)(state, jnp.int32(1))
+    s_on, m_on = jax.jit(trainer_on.train_interval)(state, jnp.int32(1))
     for x, y in zip(jax.tree.leaves(s_off), jax.tree.leaves(s_on)):
         np.testing.assert_array_equal(x, y)
     assert float(m_on["eval_return"]) == float(m_off["eval_return"]) and "probe_var_ratio" in m_on
