@@ -1,10 +1,13 @@
 """Environments behind one functional interface (see envs/core.py).
 
-env = envs.make("CartPole-v1")          # gymnax
-env = envs.make("ant")                  # Brax on MJX, 1000-step episodes
-env = envs.make("CheetahRun")           # MuJoCo Playground's DM Control Suite on MJX (optional)
-obs, state = env.reset(key)
-ts = env.step(key, state, action)       # obs, state, reward, terminated, truncated, final_obs, ...
+    env = envs.make("CartPole-v1")          # gymnax
+    env = envs.make("ant")                  # Brax on MJX, 1000-step episodes
+    env = envs.make("CheetahRun")           # MuJoCo Playground's DM Control Suite on MJX (optional)
+    env = envs.make("tabular-deepsea-8")    # a finite MDP whose variances are known exactly (envs/tabular)
+    obs, state = env.reset(key)
+    ts = env.step(key, state, action)       # obs, state, reward, terminated, truncated, final_obs, ...
+
+Each id is one of ENV_IDS (or an alias); `make` adds the time limit, automatic reset and action clipping.
 """
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ from envs.normalize import (
     track_returns,
 )
 from envs.playground_envs import PLAYGROUND_BACKENDS, PLAYGROUND_IDS
+from envs.tabular import TABULAR_IDS
 
 # Names used by the BPO reference code.
 ALIASES = {"cartpole": "CartPole-v1", "half_cheetah": "halfcheetah", "walker_2d": "walker2d"}
-ENV_IDS = GYMNAX_IDS + BRAX_IDS + PLAYGROUND_IDS
+ENV_IDS = GYMNAX_IDS + BRAX_IDS + PLAYGROUND_IDS + TABULAR_IDS
 # Starts drawn at a time by Brax and Playground environments (with_time_limit's reset_pool): a
 # reset of these physics backends costs about as much as a step, and about as much for a few
-# environments as for one on a CPU; gymnax resets are cheap, so they draw one at a time.
+# environments as for one on a CPU; gymnax and tabular resets are cheap, so they draw one at a time.
 PHYSICS_RESET_POOL = 16
 
 
@@ -56,6 +60,11 @@ def is_playground(env_id: str) -> bool:
     return canonical_id(env_id) in PLAYGROUND_IDS
 
 
+def is_tabular(env_id: str) -> bool:
+    """A finite MDP of envs/tabular, whose values and estimator variances envs/tabular/exact.py computes."""
+    return canonical_id(env_id) in TABULAR_IDS
+
+
 def make(
     env_id: str,
     backend: str = "mjx",
@@ -64,8 +73,9 @@ def make(
 ) -> Env:
     """One environment with time limit, automatic reset, episode statistics and (continuous
     actions, if clip_actions) action clipping. max_episode_steps defaults to gymnax's own limit,
-    1000 for Brax, or the Playground config's episode_length (1000). `backend` is the Brax physics
-    backend; Playground ids run on MJX only ("mjx")."""
+    1000 for Brax, the Playground config's episode_length (1000), or a tabular MDP's horizon H
+    (its episodes always terminate at H, so a limit below H, which would truncate them, is an
+    error). `backend` is the Brax physics backend; Playground ids run on MJX only ("mjx")."""
     env_id = canonical_id(env_id)
     if env_id in BRAX_IDS:
         if backend not in BRAX_BACKENDS:
@@ -77,11 +87,20 @@ def make(
         from envs.playground_envs import make_playground
 
         raw, limit = make_playground(env_id, backend)
+    elif env_id in TABULAR_IDS:
+        from envs.tabular import make_tabular
+
+        raw, limit = make_tabular(env_id)
+        if max_episode_steps and max_episode_steps < limit:
+            raise ValueError(
+                f"{env_id}: episodes terminate after H = {limit} steps; a time limit of "
+                f"{max_episode_steps} would truncate them"
+            )
     else:
         from envs.gymnax_envs import make_gymnax
 
         raw, limit = make_gymnax(env_id)
-    pool = 1 if env_id in GYMNAX_IDS else PHYSICS_RESET_POOL
+    pool = 1 if env_id in GYMNAX_IDS + TABULAR_IDS else PHYSICS_RESET_POOL
     env = with_time_limit(env_id, raw, max_episode_steps or limit, reset_pool=pool)
     return with_clipped_actions(env) if clip_actions else env
 
@@ -95,6 +114,7 @@ __all__ = [
     "GYMNAX_IDS",
     "PLAYGROUND_BACKENDS",
     "PLAYGROUND_IDS",
+    "TABULAR_IDS",
     "ActionSpec",
     "Env",
     "RawEnv",
@@ -105,6 +125,7 @@ __all__ = [
     "canonical_id",
     "is_brax",
     "is_playground",
+    "is_tabular",
     "make",
     "normalize_obs",
     "reward_scaler_init",
