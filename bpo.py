@@ -244,10 +244,19 @@ def ppo_loss(params, apply_actor, apply_critic, spec, batch, clip_coef, ent_coef
     return loss, stats
 
 
-def variance_reward(r, q):
-    """r_hat(s,a) = 2 r(s,a) Q_pi(s,a) - r(s,a)^2 (docs/algorithm.md eq. 2): q_hat, the action
-    value of r_hat under pi with discount gamma^2, is the second moment whose square root
-    weights the optimal mu."""
+def variance_reward(r, v_next, bootstrap, gamma):
+    """r_hat(s, a, s') = r^2 + 2 gamma bootstrap r V_pi(s'), V_pi(s') = E_{a'~pi} Q_pi(s', a')
+    (docs/algorithm.md eq. 2): q_hat, the action value of r_hat under pi with discount gamma^2, is
+    the second moment of the discounted return whose square root weights the optimal mu. Its
+    expectation given (s, a) is E[R^2] + 2 gamma E[R V_pi(s')], the one-step term of the second
+    moment's recursion, also for stochastic rewards. `bootstrap` is 0 where the episode terminated
+    (1 at a time-limit truncation, as the Q targets treat it)."""
+    return r**2 + 2.0 * gamma * bootstrap * r * v_next
+
+
+def variance_reward_reference(r, q):
+    """The reference's r_hat(s, a) = 2 r Q_pi(s, a) - r^2 (eq. 2b): the same expectation as
+    variance_reward for deterministic rewards, but biased by -2 Var(R) for stochastic ones."""
     return 2.0 * r * q - r**2
 
 
@@ -610,7 +619,10 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
             jnp.where(args.weight_on_adv, adv * rho, adv),
             vs,
         )
-        state, stats = ppo_update(state, batch)  # 3.
+        if args.freeze_pi:  # policy evaluation only: pi and V stay as initialised
+            stats = frozen_pi_stats(state, batch)
+        else:
+            state, stats = ppo_update(state, batch)  # 3.
         if args.no_bpo:  # mu is pi for the next rollout; steps 4-7 are skipped
             state = state._replace(params={**state.params, "mu": state.params["pi"]})
             stats.update({k: jnp.float32(jnp.nan) for k in BPO_PHASE_METRICS})
@@ -751,6 +763,16 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
             params={**state.params, **pi_v}, opt_state={**state.opt_state, "ppo": opt}, key=key
         ), stats
 
+    def frozen_pi_stats(state, batch):
+        """With --freeze-pi: the PPO losses of the whole batch at the frozen pi and V, no update."""
+        clip_coef = jnp.where(
+            args.anneal_clip, args.clip_coef * (1.0 - state.iteration / num_iterations), args.clip_coef
+        )
+        flat = jax.tree.map(lambda x: x.reshape((batch_size,) + x.shape[2:]), batch)
+        pi_v = {"pi": state.params["pi"], "v": state.params["v"]}
+        _, stats = ppo_loss(pi_v, actor.apply, critic.apply, spec, flat, clip_coef, 0.0, args)
+        return {**stats, "clip_coef": jnp.float32(clip_coef)}
+
     # 4. and 6. Fitted Q evaluation of pi on the replay buffer (fqe) -------------------------------
     def fqe_inputs(state) -> FQEData:
         rb, pi = state.replay, state.params["pi"]
@@ -788,9 +810,18 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
 
     # 5. Variance rewards ------------------------------------------------------------------------
     def variance_rewards(state, data=None):
-        rb = state.replay
-        obs = normalize(state, rb.obs) if data is None else data.obs
-        return variance_reward(rb.reward, q_value(q_net, state.params["q"], obs, rb.action, args.symlog_targets))
+        rb, q = state.replay, state.params["q"]
+        data = fqe_inputs(state) if data is None else data
+        if args.variance_reward == "reference":
+            return variance_reward_reference(rb.reward, q_value(q_net, q, data.obs, rb.action, args.symlog_targets))
+        # V_pi(s') = E_{a'~pi} Q(s', a'): over every action (discrete), or of one a' ~ pi(.|s')
+        if spec.discrete:
+            q_next = q_value(q_net, q, data.next_obs, None, args.symlog_targets)
+            v_next = jnp.sum(jax.nn.softmax(data.pi_next) * q_next, -1)
+        else:
+            a_next = sample(spec, data.pi_next, jax.random.fold_in(state.key, 5))  # its own stream
+            v_next = q_value(q_net, q, data.next_obs, a_next, args.symlog_targets)
+        return variance_reward(rb.reward, v_next, data.mask, args.gamma)
 
     def fit_q_hat(state, r_hat, lr, data=None):  # 6.
         filled = jnp.arange(args.replay_size) < state.replay.size
@@ -814,17 +845,21 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         }
 
     # 7. Behaviour update of mu towards pi sqrt(q_hat) ----------------------------------------------
+    def q_hat_for_mu(state, obs, action=None):
+        """q_hat(s, a) as mu's target reads it: floored at 1e-6 and, with clip_targets, capped at
+        r_hat_max / (1 - gamma^2) (discrete, no action: at every action); no cap before the first
+        variance reward (r_hat_max = -inf)."""
+        q = q_value(q_hat_net, state.params["q_hat"], obs, action, args.symlog_targets)
+        hi = jnp.where(state.r_hat_max > -jnp.inf, state.r_hat_max / (1.0 - args.gamma**2), jnp.inf)
+        return jnp.where(args.clip_targets, jnp.clip(q, 1e-6, hi), jnp.maximum(q, 1e-6))
+
     def update_mu(state, lr):
         """mu_epochs passes over the replay buffer's states: eq. 14 (discrete) or 15 (continuous),
         q_hat floored at 1e-6 and, with clip_targets, capped at r_hat_max / (1 - gamma^2)."""
         rb, p = state.replay, state.params
         key, k_mb, k_a = jax.random.split(state.key, 3)
         obs = normalize(state, rb.obs)
-        hi = state.r_hat_max / (1.0 - args.gamma**2)
-
-        def q_hat_value(o, a=None):
-            q = q_value(q_hat_net, p["q_hat"], o, a, args.symlog_targets)
-            return jnp.where(args.clip_targets, jnp.clip(q, 1e-6, hi), jnp.maximum(q, 1e-6))
+        q_hat_value = lambda o, a=None: q_hat_for_mu(state, o, a)  # noqa: E731
 
         # pi and q_hat do not change in this phase: pi(.|s) (and, discrete, q_hat(s, .)) once per state
         pi_all = actor.apply(p["pi"], obs)
@@ -871,15 +906,15 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         # reward's), at most an episode
         to_one_percent = int(np.ceil(np.log(0.01) / np.log(args.gamma))) if args.gamma < 1 else env.max_episode_steps
         probe_horizon = args.variance_probe_horizon or min(env.max_episode_steps, to_one_percent)
+
+        def log_target(obs, action, pi_dist):  # mu's target, up to a constant per state (eq. 14, 15)
+            q_hat = q_hat_for_mu(state, obs, action)
+            return (jax.nn.log_softmax(pi_dist) if spec.discrete else log_prob(spec, pi_dist, action)) + 0.5 * jnp.log(
+                q_hat
+            )
+
         return variance_probe(
-            args,
-            env,
-            actor,
-            state.params["pi"],
-            state.params["mu"],
-            lambda obs: normalize(state, obs),
-            probe_horizon,
-            key,
+            args, env, actor, critic, state.params, lambda obs: normalize(state, obs), log_target, probe_horizon, key
         )
 
     def train_interval(state, num_active):
@@ -926,28 +961,53 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
 # ----------------------------------------------------------------------------------------------
 # Diagnostics: the variance probe (--variance-probe N)
 # ----------------------------------------------------------------------------------------------
-def variance_probe(args, env, actor, pi, mu, normalize, horizon: int, key) -> dict:
+def variance_probe(args, env, actor, critic, params, normalize, log_target, horizon: int, key) -> dict:
     """The claim BPO rests on, measured (docs/algorithm.md eq. 17): the discounted return of the
     policy pi over the first `horizon` steps from fresh start states, estimated from
-    n = args.variance_probe segments in two ways with the same random numbers:
+    n = args.variance_probe segments in three ways with the same random numbers:
       on-policy, a ~ pi:          G = sum_t gamma^t r_t
       importance-weighted, a ~ mu: G = sum_t gamma^t (prod_(j<=t) pi_j/mu_j) r_t   (unclipped)
-                                   and with the weights clipped as in training.
-    Both are unbiased for the same quantity (unclipped); BPO's mu should make the second's
-    variance smaller. With mu = pi both are the same numbers. Environment rewards, unscaled;
-    `normalize` maps raw observations to the networks' inputs. The ratios are nan (undefined)
-    where the on-policy returns do not vary beyond float rounding: std(G) <= sqrt(horizon) * eps *
-    mean|G| (eq. 17), e.g. once pi balances CartPole."""
+                                   and with the weights clipped as in training;
+      V-trace, a ~ mu:             vs_0 = V(s_0) + sum_t gamma^t (prod_(j<=t) pi_j/mu_j) delta_t,
+                                   delta_t = r_t + gamma V(s_t+1) - V(s_t), V(s_t+1) = 0 where the
+                                   segment ends (eq. 17b: the unclipped lambda = 1 target, with the
+                                   learned V as its baseline; on-policy it is G itself).
+    All are unbiased for the same quantity (unclipped); BPO's mu should make the second's variance
+    smaller. With mu = pi the first two are the same numbers. Environment rewards, unscaled;
+    `normalize` maps raw observations to the networks' inputs. The ratios are nan (undefined) where
+    the on-policy returns do not vary beyond float rounding: std(G) <= sqrt(horizon) * eps * mean|G|
+    (eq. 17), e.g. once pi balances CartPole. Also: CV^2 = Var(G) / E[G]^2 of the on-policy
+    estimate, a 95% bootstrap interval of probe_var_ratio, and KL(mu || mu's target) averaged over
+    the on-policy segments' states, `log_target(obs, actions)` giving the target's log-density
+    up to a constant per state (log pi + 0.5 log q_hat, eq. 14, 15)."""
     spec, n = env.action_spec, args.variance_probe
-    k_reset, k_steps = jax.random.split(key)
+    k_reset, k_steps, k_boot, k_kl = jax.random.split(key, 4)
     obs0, env_state0 = jax.vmap(env.reset)(jax.random.split(k_reset, n))
+    value = lambda obs: critic.apply(params["v"], normalize(obs))  # noqa: E731
+
+    def kl_to_target(obs, k):
+        """KL(mu(.|s) || target(.|s)), per state: exact over discrete actions; with 8 samples of mu
+        (and 8 of pi for the normaliser E_pi[sqrt(q_hat)]) for continuous ones."""
+        mu_dist, pi_dist = actor.apply(params["mu"], obs), actor.apply(params["pi"], obs)
+        if spec.discrete:
+            log_mu = jax.nn.log_softmax(mu_dist)
+            log_p = jax.nn.log_softmax(log_target(obs, None, pi_dist))
+            return jnp.sum(jnp.exp(log_mu) * (log_mu - log_p), -1)
+        k_mu, k_pi = jax.random.split(k)
+        a_mu = jax.vmap(lambda kk: sample(spec, mu_dist, kk))(jax.random.split(k_mu, 8))
+        a_pi = jax.vmap(lambda kk: sample(spec, pi_dist, kk))(jax.random.split(k_pi, 8))
+        log_mu = jax.vmap(lambda a: log_prob(spec, mu_dist, a))(a_mu)
+        log_p = jax.vmap(lambda a: log_target(obs, a, pi_dist))(a_mu)
+        log_z = jax.nn.logsumexp(jax.vmap(lambda a: log_target(obs, a, pi_dist) - log_prob(spec, pi_dist, a))(a_pi), 0)
+        return jnp.mean(log_mu - log_p, 0) + log_z - jnp.log(8.0)
 
     def segments(behaviour):
-        def step(carry, k):
-            obs, env_state, alive, discount, w, clip_carry, g, g_w, g_clip = carry
+        def step(carry, x):
+            obs, env_state, alive, discount, w, clip_carry, g, g_w, g_clip, g_vtrace, kl = carry
+            k, t = x
             k_act, k_env = jax.random.split(k)
             b_dist = actor.apply(behaviour, normalize(obs))
-            pi_dist = actor.apply(pi, normalize(obs))
+            pi_dist = actor.apply(params["pi"], normalize(obs))
             action = sample(spec, b_dist, k_act)
             ratio = jnp.exp(log_prob(spec, pi_dist, action) - log_prob(spec, b_dist, action))
             ts = jax.vmap(env.step)(jax.random.split(k_env, n), env_state, action)
@@ -955,25 +1015,39 @@ def variance_probe(args, env, actor, pi, mu, normalize, horizon: int, key) -> di
             w_clip, clip_carry = probe_clipped_weight(clip_carry, ratio, args.clip_rho, args.clip_c)
             r = alive * discount * ts.reward
             g, g_w, g_clip = g + r, g_w + w * r, g_clip + w_clip * r
-            alive = alive * (1.0 - (ts.terminated | ts.truncated))  # the segment ends with its episode
-            return (ts.obs, ts.state, alive, discount * args.gamma, w, clip_carry, g, g_w, g_clip), None
+            ended = ts.terminated | ts.truncated
+            v_next = jnp.where(ended | (t == horizon - 1), 0.0, value(ts.obs))
+            g_vtrace = g_vtrace + alive * discount * w * (ts.reward + args.gamma * v_next - value(obs))
+            kl = kl + alive * kl_to_target(normalize(obs), jax.random.fold_in(k_kl, t))
+            alive = alive * (1.0 - ended)  # the segment ends with its episode
+            carry = (ts.obs, ts.state, alive, discount * args.gamma, w, clip_carry, g, g_w, g_clip, g_vtrace, kl)
+            return carry, alive
 
         z = jnp.zeros(n)
-        carry = (obs0, env_state0, jnp.ones(n), jnp.ones(n), jnp.ones(n), jnp.ones(n), z, z, z)
-        carry, _ = jax.lax.scan(step, carry, jax.random.split(k_steps, horizon))
-        return carry[-3:]
+        carry = (obs0, env_state0, jnp.ones(n), jnp.ones(n), jnp.ones(n), jnp.ones(n), z, z, z, z, z)
+        carry, alive = jax.lax.scan(step, carry, (jax.random.split(k_steps, horizon), jnp.arange(horizon)))
+        *_, g, g_w, g_clip, g_vtrace, kl = carry
+        states = n + jnp.sum(alive[:-1])  # the states the segments visited
+        return g, g_w, g_clip, value(obs0) + g_vtrace, jnp.sum(kl) / states
 
-    g_pi, _, _ = segments(pi)
-    _, g_mu, g_mu_clip = segments(mu)
+    g_pi, _, _, _, kl_mu_target = segments(params["pi"])
+    _, g_mu, g_mu_clip, g_vtrace, _ = segments(params["mu"])
     # Var is shift-invariant: of the returns less their first, so that returns that are all one
     # number have variance exactly 0 whatever the rounding of their mean (a sum of n floats)
     var = lambda g: (g - g[0]).var(ddof=1)  # noqa: E731
-    var_pi, var_mu, var_clip = var(g_pi), var(g_mu), var(g_mu_clip)
+    var_pi, var_mu, var_clip, var_vtrace = var(g_pi), var(g_mu), var(g_mu_clip), var(g_vtrace)
     se_diff = jnp.sqrt((var_pi + var_mu) / n)
     # Var(G) no larger than the rounding of a float sum of `horizon` terms (random-walk size
     # sqrt(horizon) eps/2 |G|, here with a factor 2 of margin) is no variance: ratio undefined
     resolution = (np.sqrt(horizon) * jnp.finfo(g_pi.dtype).eps * jnp.abs(g_pi).mean()) ** 2
-    ratio = lambda var: jnp.where(var_pi > resolution, var / var_pi, jnp.nan)  # noqa: E731
+    ratio = lambda var, var_pi=var_pi: jnp.where(var_pi > resolution, var / var_pi, jnp.nan)  # noqa: E731
+
+    def resampled_ratio(k):  # the two samples drawn again, each with replacement from itself
+        k_pi, k_mu = jax.random.split(k)
+        return ratio(var(g_mu[jax.random.randint(k_mu, (n,), 0, n)]), var(g_pi[jax.random.randint(k_pi, (n,), 0, n)]))
+
+    boot = jax.lax.map(resampled_ratio, jax.random.split(k_boot, PROBE_BOOTSTRAP))
+    lo, hi = jnp.nanpercentile(boot, jnp.array([2.5, 97.5]))
     return dict(
         probe_pi_mean=g_pi.mean(),
         probe_pi_var=var_pi,
@@ -985,6 +1059,11 @@ def variance_probe(args, env, actor, pi, mu, normalize, horizon: int, key) -> di
         probe_mu_clipped_mean=g_mu_clip.mean(),
         probe_mu_clipped_var=var_clip,
         probe_var_ratio_clipped=ratio(var_clip),
+        probe_var_ratio_lo=lo,
+        probe_var_ratio_hi=hi,
+        probe_cv2=var_pi / g_pi.mean() ** 2,
+        probe_vtrace_ratio=ratio(var_vtrace),
+        probe_kl_mu_target=kl_mu_target,
     )
 
 
@@ -1000,6 +1079,7 @@ def probe_warning(row: dict) -> str | None:
     return None
 
 
+PROBE_BOOTSTRAP = 200  # resamples of the probe's segments for the interval of probe_var_ratio
 PROBE_COLUMNS = (
     "probe_pi_mean",
     "probe_pi_var",
@@ -1011,6 +1091,11 @@ PROBE_COLUMNS = (
     "probe_mu_clipped_mean",
     "probe_mu_clipped_var",
     "probe_var_ratio_clipped",
+    "probe_var_ratio_lo",
+    "probe_var_ratio_hi",
+    "probe_cv2",
+    "probe_vtrace_ratio",
+    "probe_kl_mu_target",
 )  # with --variance-probe N
 METRIC_COLUMNS = (
     "seed",
@@ -1119,6 +1204,12 @@ class Args(runner.RunArgs):
     max_episode_steps: int = 0
     """episode time limit; 0 uses the environment's own (gymnax's, or 1000 for Brax)"""
     # --- BPO ---
+    freeze_pi: bool = False
+    """BPO as pure policy evaluation: pi and V keep their initial parameters (the PPO update is
+    skipped), while Q, q_hat and mu train as usual: the setting of BPO's variance guarantee"""
+    variance_reward: Literal["unbiased", "reference"] = "unbiased"
+    """q_hat's reward r_hat: unbiased, r^2 + 2 gamma r V_pi(s'); or the reference's 2 r Q(s,a) - r^2,
+    the same for deterministic rewards and biased by -2 Var(R) for stochastic ones (docs/algorithm.md eq. 2)"""
     no_bpo: bool = False
     """PPO inside this script (the reference's `bpo: False`): mu is pi at every rollout, the Q, q_hat
     and mu phases are skipped and the entropy bonus is pi's; trains exactly as ppo.py"""
@@ -1355,6 +1446,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 # What a Brax or a Playground env id gets without --preset
+PRESETS.update(
+    {env_id: dict(preset, **envs.tabular.BPO_PRESETS[env_id]) for env_id, preset in envs.tabular.PRESETS.items()}
+)
+
 SUITE_PRESETS = {
     "brax": ["mujoco_ppo", "ppo_bpo_zero1.0"],
     "playground": ["playground_dm_control", "ppo_bpo_zero1.0"],
@@ -1394,6 +1489,8 @@ def parse_args(argv: list[str] | None = None) -> Args:
 def validate(args: Args) -> None:
     """runner.py's checks, then BPO's own."""
     runner.validate(args)
+    if args.freeze_pi and args.no_bpo:
+        raise runner.ConfigError("--freeze-pi with --no-bpo would train nothing (pi is frozen and there is no mu)")
     if args.critic_hidden_sizes and min(args.critic_hidden_sizes) <= 0:
         raise runner.ConfigError(f"--critic-hidden-sizes must be positive widths, got {args.critic_hidden_sizes}")
     runner.check_range(args, "reward_scale", lo=0.0, lo_open=True)

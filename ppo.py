@@ -613,6 +613,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         eval_every=5 * 983_040,
     ),
 }
+PRESETS.update(envs.tabular.PRESETS)  # one per tabular id (envs/tabular); a tabular id gets its own
+
 # What a Brax or a Playground env id gets without --preset
 SUITE_PRESETS = {"brax": ["mujoco_ppo"], "playground": ["playground_dm_control"]}
 

@@ -171,6 +171,9 @@ def parse_args(args_type, presets: dict[str, dict], suite_presets: dict[str, lis
     if known.resume is not None:
         return resumed_args(args_type, known.resume, argv, description)
     names = known.preset
+    if names is None and known.env_id in presets:  # a tabular id: the preset of its name
+        names = [known.env_id]
+        print(f"{known.env_id}: using --preset {known.env_id} (pass --preset to choose)")
     if names is None:
         suite = "brax" if envs.is_brax(known.env_id) else "playground" if envs.is_playground(known.env_id) else None
         names = list(suite_presets.get(suite, []))
@@ -301,6 +304,8 @@ def make_env(args) -> envs.Env:
         env = envs.make(env_id, args.env_backend, args.max_episode_steps or None, args.clip_actions)
     except ModuleNotFoundError as e:  # an optional suite (MuJoCo Playground) that is not installed
         raise ConfigError(str(e))
+    except ValueError as e:  # a time limit that would cut a tabular MDP's episodes
+        raise ConfigError(f"--max-episode-steps: {e}")
     if args.noise_hold_steps > 1 and env.action_spec.discrete:
         raise ConfigError(
             f"--noise-hold-steps {args.noise_hold_steps} needs continuous actions; {env_id} has discrete ones"

@@ -73,8 +73,26 @@ def test_vtrace_with_pi_equal_mu_is_ppo_gae():
 
 
 def test_variance_reward():
-    r, q = np.array([1.0, -2.0, 0.5]), np.array([3.0, -4.0, 0.0])
-    np.testing.assert_allclose(bpo.variance_reward(jnp.asarray(r), jnp.asarray(q)), 2 * r * q - r**2)
+    """r_hat = r^2 + 2 gamma bootstrap r V(s') (eq. 2); with exact values and deterministic rewards,
+    Q = r + gamma bootstrap V(s'), it equals the reference's 2 r Q - r^2 (eq. 2b)."""
+    r, v_next, bootstrap, gamma = np.array([1.0, -2.0, 0.5]), np.array([3.0, -4.0, 2.0]), np.array([1.0, 1.0, 0.0]), 0.9
+    r_hat = bpo.variance_reward(jnp.asarray(r), jnp.asarray(v_next), jnp.asarray(bootstrap), gamma)
+    np.testing.assert_allclose(
+        r_hat, [r[0] ** 2 + 2 * gamma * r[0] * 3.0, 4.0 + 2 * gamma * 2.0 * 4.0, 0.25], rtol=1e-6
+    )
+    q = r + gamma * bootstrap * v_next
+    np.testing.assert_allclose(bpo.variance_reward_reference(jnp.asarray(r), jnp.asarray(q)), r_hat, rtol=1e-5)
+
+
+def test_variance_reward_is_unbiased_for_a_stochastic_reward_and_the_reference_is_not():
+    """A one-step episode with R ~ Bernoulli(p): the second moment is E[R^2] = p. The mean of r_hat
+    over draws of R is p; the reference's 2 R Q - R^2 with Q = p averages 2 p^2 - p = p - 2 Var(R)."""
+    p = 0.3
+    draws = (np.random.default_rng(0).random(200_000) < p).astype(np.float32)
+    r_hat = bpo.variance_reward(jnp.asarray(draws), jnp.zeros_like(draws), jnp.zeros_like(draws), 0.99)
+    reference = bpo.variance_reward_reference(jnp.asarray(draws), jnp.full_like(draws, p))
+    assert abs(float(r_hat.mean()) - p) < 0.005
+    assert abs(float(reference.mean()) - (p - 2 * p * (1 - p))) < 0.005
 
 
 def test_discrete_mu_target_is_pi_sqrt_q_hat_normalised():

@@ -75,9 +75,12 @@ def test_fqe_recovers_q_pi_and_q_hat_fits_the_variance_reward():
     q = np.asarray(trainer.q_value(trainer.q_net, state.params["q"], jnp.asarray(eye[s]), jnp.asarray(a)))
     np.testing.assert_allclose(q, q_exact[s, a], rtol=0.02)
 
-    # q_hat is the value of r_hat = 2 r Q - r^2 under pi with discount gamma^2.
+    # q_hat is the value of r_hat = r^2 + 2 gamma r V(s') under pi with discount gamma^2, V(s') =
+    # sum_a' pi(a'|s') Q(s', a') of the learned Q (eq. 2); in expectation 2 r Q - r^2.
     r_hat = trainer.variance_rewards(state)
-    np.testing.assert_allclose(r_hat, 2 * REWARD[s, a] * q - REWARD[s, a] ** 2, rtol=1e-5)
+    q_all = np.asarray(trainer.q_value(trainer.q_net, state.params["q"], jnp.asarray(eye)))  # [s, a]
+    v_next = (pi * q_all).sum(-1)[NEXT[s, a]]
+    np.testing.assert_allclose(r_hat, REWARD[s, a] ** 2 + 2 * GAMMA * REWARD[s, a] * v_next, rtol=1e-5)
     for i in range(60):
         state, stats = fit_q_hat(state, r_hat, 3e-3 * (1 - i / 60))
     q_hat = np.asarray(trainer.q_value(trainer.q_hat_net, state.params["q_hat"], jnp.asarray(eye[s]), jnp.asarray(a)))

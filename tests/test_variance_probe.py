@@ -48,6 +48,7 @@ def probe(module, mu_probs, pi_probs=PI, rewards=R, **kw):
         "mu": with_probs(state.params["pi"], mu_probs),
     }
     out = jax.jit(trainer.variance_probe)(state._replace(params=params), jax.random.PRNGKey(1))
+    out["critic_value"] = trainer.critic.apply(params["v"], jnp.ones(1))  # V of the bandit's one state
     return {k: float(v) for k, v in out.items()}
 
 
@@ -78,6 +79,17 @@ def test_probe_against_the_exact_variances(module):
     np.testing.assert_allclose(out["probe_var_ratio"], exact_ratio, rtol=0.1)
     # clipping that never binds changes nothing
     assert out["probe_mu_clipped_mean"] == pytest.approx(out["probe_mu_mean"], rel=1e-5)
+    # the 95% bootstrap interval holds the measured ratio, and the exact one
+    assert out["probe_var_ratio_lo"] < out["probe_var_ratio"] < out["probe_var_ratio_hi"]
+    assert out["probe_var_ratio_lo"] < exact_ratio < out["probe_var_ratio_hi"]
+    assert out["probe_var_ratio_hi"] - out["probe_var_ratio_lo"] < 0.1
+    np.testing.assert_allclose(out["probe_cv2"], var_pi / mean**2, rtol=0.1)
+    # V-trace's target with the critic's V = c: vs = c + (pi/mu)(a) (r(a) - c), a ~ mu (eq. 17b)
+    c = out["critic_value"]
+    var_vtrace = np.sum(PI**2 * (R - c) ** 2 / mu_star) - (mean - c) ** 2
+    np.testing.assert_allclose(out["probe_vtrace_ratio"], var_vtrace / var_pi, rtol=0.1)
+    # q_hat as initialised is the same at every action: mu's target is pi, and KL(mu* || pi) is exact
+    np.testing.assert_allclose(out["probe_kl_mu_target"], np.sum(mu_star * np.log(mu_star / PI)), rtol=1e-4)
 
 
 @pytest.mark.parametrize("module", [bpo, bpo_traj])
@@ -85,6 +97,7 @@ def test_with_mu_equal_to_pi_the_two_estimates_are_the_same_numbers(module):
     out = probe(module, PI)
     assert out["probe_mu_mean"] == out["probe_pi_mean"] and out["probe_mu_var"] == out["probe_pi_var"]
     assert out["probe_var_ratio"] == 1.0 and out["probe_var_ratio_clipped"] == 1.0
+    assert abs(out["probe_kl_mu_target"]) < 1e-6  # mu is its target, pi (q_hat as initialised is flat)
 
 
 @pytest.mark.parametrize("module", [bpo, bpo_traj])
