@@ -21,11 +21,12 @@ E[R^2] + 2 gamma r E V' = 2 r Q - r^2.) The behaviour policy of docs/algorithm.m
 rho_t = pi_t(a_t|s_t) / mu_t(a_t|s_t), a_t ~ mu:
 
     per-decision importance sampling:  G^IS = sum_t gamma^t (prod_{j<=t} rho_j) R_t              (is_variance)
-    unclipped V-trace, lambda = 1, V = V_pi:
+    unclipped V-trace, lambda = 1, V = V_pi (or any table V):
         vs_0 = V_0(s_0) + sum_t gamma^t (prod_{j<t} rho_j) rho_t delta_t,
         delta_t = R_t + gamma c_t V_{t+1}(s_{t+1}) - V_t(s_t)                                   (vtrace_variance)
 
 (the sums stop at the episode's end; with mu = pi both are pi's return G, so they share var_pi).
+envs/tabular/exact_jax.py computes the same in jax (float32, inside compiled programs).
 `python -m envs.tabular ENV_ID [--gamma G]` prints the figures of a registered id for the uniform pi.
 """
 
@@ -144,28 +145,47 @@ def is_variance(mdp: TabularMDP, pi, mu, gamma: float) -> float:
     return _start(mdp, W) - exact.J**2
 
 
-def vtrace_variance(mdp: TabularMDP, pi, mu, gamma: float) -> float:
-    """Var of the unclipped V-trace target with lambda = 1 and the exact V = V_pi,
-    vs_0 = V_0(s_0) + Y_0, Y_t = rho_t (delta_t + gamma c_t Y_{t+1}) (0 after the end), a_t ~ mu.
-    E[Y_t | s] = 0 (E_mu[rho delta] = sum_a pi (Q - V) = 0) and Y_{t+1} has mean 0 given s', so the
-    cross terms vanish and Z_t(s) = E[Y_t^2 | s_t = s] follows
+def vtrace_variance(mdp: TabularMDP, pi, mu, gamma: float, V=None) -> float:
+    """Var of the unclipped V-trace target with lambda = 1 and a value table V [H, S] (default: the
+    exact V = V_pi), vs_0 = V_0(s_0) + Y_0, Y_t = rho_t (delta_t + gamma c_t Y_{t+1}) (0 after the end),
+    delta_t = R_t + gamma c_t V_{t+1}(s_{t+1}) - V_t(s_t) (V_H = 0), a_t ~ mu. vs_0 is unbiased for J
+    whatever V is: m_t(s) = E[Y_t | s_t = s] = V_pi,t(s) - V_t(s) (E_mu[rho x] = E_pi[x], and the sum
+    telescopes), 0 for V = V_pi. Z_t(s) = E[Y_t^2 | s_t = s] follows
 
+        Q^V_t(s,a)       = r + gamma (1 - term) E_{s'} V_{t+1}(s')          (Q_t for V = V_pi)
         E[delta^2 | s,a] = Var(R) + gamma^2 [(1 - term) E_{s'} V_{t+1}^2 - ((1 - term) E_{s'} V_{t+1})^2]
-                           + (Q_t(s,a) - V_t(s))^2
-        Z_t(s)           = sum_a pi_t(a|s)^2 / mu_t(a|s) (E[delta^2 | s,a] + gamma^2 (1 - term) E_{s'} Z_{t+1}(s')),
+                           + (Q^V_t(s,a) - V_t(s))^2
+        E[delta c Y_{t+1} | s,a] = (1 - term) E_{s'} (r - V_t(s) + gamma V_{t+1}(s')) m_{t+1}(s')
+        Z_t(s)           = sum_a pi_t(a|s)^2 / mu_t(a|s) (E[delta^2 | s,a] + 2 gamma E[delta c Y_{t+1} | s,a]
+                                                          + gamma^2 (1 - term) E_{s'} Z_{t+1}(s')),
 
-    Z_H = 0 (the first line: delta = R + gamma c V_{t+1}(s') - V_t(s), R independent of (c, s'), mean Q - V).
-    Var(vs_0) = Var_{s0~d0}(V_0(s0)) + E_{s0~d0} Z_0(s0). An action with mu = 0 < pi counts as the limit
-    mu -> 0: nothing where the bracket is 0, inf otherwise (e.g. mu*'s zeros where V_t(s) != 0)."""
+    Z_H = 0 (delta = R + gamma c V_{t+1}(s') - V_t(s), R independent of (c, s'), mean Q^V - V; the
+    cross term is 0 for V = V_pi). Var(vs_0) = E_{s0~d0} [V_0^2 + 2 V_0 m_0 + Z_0](s0) - J^2
+    (= Var_{s0~d0}(V_0(s0)) + E_{s0~d0} Z_0(s0) for V = V_pi). With mu = pi it is var_pi for every V
+    (vs_0 telescopes to the return); with V = 0 it is the per-decision IS estimate (is_variance). An
+    action with mu = 0 < pi counts as the limit mu -> 0: nothing where the bracket is 0, inf otherwise
+    (e.g. mu*'s zeros where V_t(s) != 0)."""
     pi, mu = _table(mdp, pi), _table(mdp, mu)
     exact = solve(mdp, pi, gamma)
-    V = np.concatenate([exact.V, np.zeros((1, mdp.num_states))])
-    var_r, Z = reward_variance(mdp), np.zeros(mdp.num_states)
-    for t in reversed(range(mdp.horizon)):
+    H, S = mdp.horizon, mdp.num_states
+    V_pi = np.concatenate([exact.V, np.zeros((1, S))])
+    if V is None:
+        V = V_pi
+    else:
+        V = np.asarray(V, np.float64)
+        if V.shape != (H, S):
+            raise ValueError(f"V must be a [H, S] = [{H}, {S}] table, got shape {V.shape}")
+        V = np.concatenate([V, np.zeros((1, S))])
+    m = V_pi - V  # E[Y_t | s_t = s], m_H = 0
+    var_r, Z = reward_variance(mdp), np.zeros(S)
+    for t in reversed(range(H)):
         var_next = _next(mdp, V[t + 1] ** 2) - _next(mdp, V[t + 1]) ** 2  # Var(c V_{t+1}(s') | s, a)
-        delta2 = var_r + gamma**2 * var_next + (exact.Q[t] - exact.V[t][:, None]) ** 2
-        Z = _rho2(pi[t], mu[t], delta2 + gamma**2 * _next(mdp, Z))
-    return _start(mdp, exact.V[0] ** 2) - exact.J**2 + _start(mdp, Z)
+        q_v = mdp.r + gamma * _next(mdp, V[t + 1])
+        delta2 = var_r + gamma**2 * var_next + (q_v - V[t][:, None]) ** 2
+        cross = (mdp.r - V[t][:, None]) * _next(mdp, m[t + 1]) + gamma * _next(mdp, V[t + 1] * m[t + 1])
+        bracket = delta2 + 2 * gamma * cross + gamma**2 * _next(mdp, Z)
+        Z = _rho2(pi[t], mu[t], np.maximum(bracket, 0.0))  # E[(delta + gamma c Y')^2] >= 0: rounding only
+    return _start(mdp, V[0] ** 2 + 2 * V[0] * m[0] + Z) - exact.J**2
 
 
 def variance_figures(mdp: TabularMDP, gamma: float, pi=None) -> dict:
