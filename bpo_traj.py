@@ -46,6 +46,7 @@ import optax
 import envs
 import runner
 import training
+from envs.tabular.exact_jax import policy_tables, probe_exact
 
 runner.configure_jax()  # jax's CPU compilation options (runner.py); no effect on other platforms
 
@@ -952,9 +953,15 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
                 q_hat
             )
 
-        return variance_probe(
+        out = variance_probe(
             args, env, actor, critic, state.params, lambda obs: normalize(state, obs), log_target, probe_horizon, key
         )
+        if envs.is_tabular(env.id):  # and the exact figures
+            mdp = envs.tabular.make_mdp(env.id)
+            out.update(
+                exact_probe(args, mdp, actor, critic, q_hat_net, state.params, lambda obs: normalize(state, obs))
+            )
+        return out
 
     def train_interval(state, num_active):
         """iters_per_interval iterations (only the first num_active run: the last interval may be
@@ -1118,6 +1125,21 @@ def variance_probe(args, env, actor, critic, params, normalize, log_target, hori
     )
 
 
+def exact_probe(args, mdp, actor, critic, q_hat_net, params, normalize) -> dict:
+    """On a tabular environment (envs/tabular), where the answer is known: the networks evaluated at
+    every (state, t) and the exact figures of those tables (envs/tabular/exact_jax.py `probe_exact`,
+    eq. 17c): the learned mu's exact variance ratio against mu*'s (of the current pi's exact q_hat),
+    the learned q_hat's relative error, KL(mu || mu*) and the V-trace ratios. q_hat and V are
+    brought back to the environment's reward units (reward_scale; not with normalize_reward)."""
+    pi = policy_tables(lambda obs: jax.nn.softmax(actor.apply(params["pi"], normalize(obs))), mdp)
+    mu = policy_tables(lambda obs: jax.nn.softmax(actor.apply(params["mu"], normalize(obs))), mdp)
+    q_hat = policy_tables(
+        lambda obs: q_value(q_hat_net, params["q_hat"], normalize(obs), None, args.symlog_targets), mdp
+    )
+    v = policy_tables(lambda obs: critic.apply(params["v"], normalize(obs)), mdp)
+    return probe_exact(mdp, pi, mu, q_hat / args.reward_scale**2, args.gamma, v / args.reward_scale)
+
+
 def probe_warning(row: dict) -> str | None:
     """The probe's two means estimate one quantity: a row where they differ by over 3 standard
     errors is worth a line on the console (runner.run prints it)."""
@@ -1148,6 +1170,17 @@ PROBE_COLUMNS = (
     "probe_vtrace_ratio",
     "probe_kl_mu_target",
 )  # with --variance-probe N
+EXACT_PROBE_COLUMNS = (
+    "probe_exact_ratio",
+    "probe_exact_ratio_opt",
+    "q_hat_rel_error",
+    "kl_mu_opt",
+    "probe_exact_vtrace_ratio",
+    "probe_exact_vtrace_ratio_opt",
+    "probe_exact_vtrace_ratio_v",
+    "probe_exact_var_pi",
+    "probe_exact_J",
+)  # with --variance-probe N on a tabular environment
 METRIC_COLUMNS = (
     "seed",
     "env_steps",
@@ -1570,7 +1603,9 @@ def run(args: Args) -> dict:
         "bpo_traj",
         validate,
         make_train,
-        METRIC_COLUMNS + (PROBE_COLUMNS if args.variance_probe else ()),
+        METRIC_COLUMNS
+        + (PROBE_COLUMNS if args.variance_probe else ())
+        + (EXACT_PROBE_COLUMNS if args.variance_probe and envs.is_tabular(args.env_id) else ()),
         SWEEPABLE,
         probe_warning,
     )
