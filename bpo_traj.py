@@ -3,14 +3,15 @@ importance clipping: bpo.py with one difference, the return and advantage estima
 the PRODUCT of importance ratios along a trajectory instead of each ratio (see
 `trajectory_clipped_returns`). Everything else is bpo.py's, line for line.
 
-BPO is PPO in which a learned behaviour policy mu, not pi itself, collects the data. For
-off-policy Monte Carlo estimation of pi's returns, the variance-optimal behaviour policy is
-(docs/algorithm.md eq. 1-3)
+BPO is PPO in which a learned behaviour policy mu, not pi itself, collects the data. For the
+per-decision importance-weighted estimate of pi's return, the behaviour policy that minimises its
+variance for one decision (the rest of the episode on-policy, q_hat exact) is (docs/algorithm.md
+eq. 1-3; section "When can mu lower the variance?")
 
     mu*(a|s)  ∝  pi(a|s) sqrt(q_hat(s,a)),
 
-where q_hat is pi's action value for the "variance reward" r_hat = 2 r Q_pi - r^2 with discount
-gamma^2 (Liu & Zhang 2024). One iteration:
+where q_hat, the second moment of pi's return, is pi's action value for the "variance reward"
+r_hat = r^2 + 2 gamma r V_pi(s') with discount gamma^2 (Liu & Zhang 2024). One iteration:
 
   1. rollout: mu acts; log mu, log pi and V are stored, and the transitions also go into a FIFO
      replay buffer (a truncation bootstraps from V of the true final observation, eq. 4)
@@ -18,7 +19,7 @@ gamma^2 (Liu & Zhang 2024). One iteration:
      the products of ratios along the trajectory clipped at clip_c (eq. 5, 9, 10)
   3. ppo_update: pi and V, with ratio pi_theta / mu (mu's log-prob is the "old" one) (eq. 12)
   4. fit_q: FQE of Q for the updated pi on the replay buffer (eq. 13)
-  5. variance_rewards: r_hat = 2 r Q(s,a) - r^2 (eq. 2)
+  5. variance_rewards: r_hat = r^2 + 2 gamma r V_pi(s'), V_pi(s') = E_pi Q(s', .) (eq. 2)
   6. fit_q_hat: FQE of q_hat with reward r_hat and discount gamma^2 (eq. 3, 13)
   7. update_mu: mu towards pi sqrt(q_hat) (eq. 14 discrete, 15 continuous)
 
@@ -1029,7 +1030,7 @@ def variance_probe(args, env, actor, critic, params, normalize, log_target, hori
     spec, n = env.action_spec, args.variance_probe
     k_reset, k_steps, k_boot, k_kl = jax.random.split(key, 4)
     obs0, env_state0 = jax.vmap(env.reset)(jax.random.split(k_reset, n))
-    value = lambda obs: critic.apply(params["v"], normalize(obs))  # noqa: E731
+    value = lambda obs: critic.apply(params["v"], normalize(obs)) / args.reward_scale  # noqa: E731  (env units)
 
     def kl_to_target(obs, k):
         """KL(mu(.|s) || target(.|s)), per state: exact over discrete actions; with 8 samples of mu
@@ -1341,186 +1342,66 @@ class Args(runner.RunArgs):
     """steps per probe segment; 0: until gamma^t < 0.01, at most an episode"""
 
 
+# fmt: off
 # Presets, applied in order: a base (cartpole_ppo, mujoco_ppo, ...) then a BPO add-on (ppo_bpo...);
 # where each value comes from: docs/presets.md.
-_PPO_BPO = dict(
-    clip_rho=1.5,
-    clip_c=1.5,
-    symlog_targets=True,
-    polyak_tau=0.02,
-    q_layer_norm=False,
-    q_zero_init=False,
-    q_kernel_init="lecun_normal",
-)
+_PPO_BPO = dict(clip_rho=1.5, clip_c=1.5, symlog_targets=True, polyak_tau=0.02,
+                q_layer_norm=False, q_zero_init=False, q_kernel_init="lecun_normal")
 _ZERO = dict(_PPO_BPO, q_layer_norm=True, q_zero_init=True, q_kernel_init="orthogonal")
 PRESETS: dict[str, dict[str, Any]] = {
     "cartpole_ppo": dict(
-        env_id="CartPole-v1",
-        total_timesteps=100_000,
-        num_envs=8,
-        num_steps=32,
-        minibatch_size=256,
-        num_epochs=20,
-        gae_lambda=0.8,
-        gamma=0.98,
-        clip_coef=0.2,
-        anneal_clip=True,
-        learning_rate=1e-3,
-        anneal_lr=True,
-        ent_coef=0.0,
-        vf_coef=0.5,
-        hidden_sizes=(64, 64),
-        q_hidden_sizes=(64, 64),
-        actor_activation="tanh",
-        critic_activation="tanh",
-        kernel_init="lecun_normal",
-        normalize_obs=False,
-        weight_td=True,
-        clip_targets=True,
-        replay_size=1024,
-        fqe_minibatch_size=256,
-        mu_minibatch_size=128,
-        fqe_epochs=10,
-        mu_epochs=10,
+        env_id="CartPole-v1", total_timesteps=100_000, num_envs=8, num_steps=32,
+        minibatch_size=256, num_epochs=20, gae_lambda=0.8, gamma=0.98, clip_coef=0.2,
+        anneal_clip=True, learning_rate=1e-3, anneal_lr=True, ent_coef=0.0, vf_coef=0.5,
+        hidden_sizes=(64, 64), q_hidden_sizes=(64, 64), actor_activation="tanh",
+        critic_activation="tanh", kernel_init="lecun_normal", normalize_obs=False,
+        weight_td=True, clip_targets=True, replay_size=1024, fqe_minibatch_size=256,
+        mu_minibatch_size=128, fqe_epochs=10, mu_epochs=10,
     ),
     "mujoco_ppo": dict(
-        total_timesteps=1_500_000,
-        num_envs=1,
-        num_steps=2048,
-        minibatch_size=64,
-        num_epochs=10,
-        gamma=0.99,
-        gae_lambda=0.95,
-        clip_coef=0.2,
-        anneal_clip=False,
-        learning_rate=3e-4,
-        anneal_lr=False,
-        ent_coef=0.001,
-        vf_coef=0.5,
-        clip_actions=True,
-        hidden_sizes=(64, 64),
-        q_hidden_sizes=(64, 64),
-        actor_activation="relu",
-        critic_activation="relu",
-        kernel_init="orthogonal",
-        weight_td=True,
-        clip_targets=True,
-        replay_size=8192,
-        fqe_minibatch_size=256,
-        mu_minibatch_size=128,
-        fqe_epochs=20,
-        mu_epochs=20,
+        total_timesteps=1_500_000, num_envs=1, num_steps=2048, minibatch_size=64, num_epochs=10,
+        gamma=0.99, gae_lambda=0.95, clip_coef=0.2, anneal_clip=False, learning_rate=3e-4,
+        anneal_lr=False, ent_coef=0.001, vf_coef=0.5, clip_actions=True, hidden_sizes=(64, 64),
+        q_hidden_sizes=(64, 64), actor_activation="relu", critic_activation="relu",
+        kernel_init="orthogonal", weight_td=True, clip_targets=True, replay_size=8192,
+        fqe_minibatch_size=256, mu_minibatch_size=128, fqe_epochs=20, mu_epochs=20,
         normalize_obs=True,  # ours: Brax observations are unscaled
-        use_sde=False,
-        log_std_init=0.0,
-        eval_every=50_000,
+        use_sde=False, log_std_init=0.0, eval_every=50_000,
     ),
     # The reference's MuJoCo preset with held exploration noise (its names: use_sde, sde_sample_freq).
     "mujoco_ppo_gsde": dict(
-        total_timesteps=2_000_000,
-        num_envs=16,
-        num_steps=512,
-        minibatch_size=128,
-        num_epochs=20,
-        gamma=0.99,
-        gae_lambda=0.9,
-        clip_coef=0.4,
-        anneal_clip=False,
-        learning_rate=3e-5,
-        anneal_lr=False,
-        ent_coef=0.0,
-        vf_coef=0.5,
-        clip_actions=True,
-        hidden_sizes=(256, 256),
-        q_hidden_sizes=(256, 256),
-        replay_size=8192,
-        fqe_minibatch_size=128,
-        mu_minibatch_size=128,
-        fqe_epochs=40,
-        mu_epochs=40,
-        weight_td=False,
-        clip_targets=False,
-        actor_activation="relu",
-        critic_activation="relu",
-        kernel_init="lecun_normal",
-        use_sde=True,
-        sde_sample_freq=4,
-        log_std_init=-1.0,
+        total_timesteps=2_000_000, num_envs=16, num_steps=512, minibatch_size=128, num_epochs=20,
+        gamma=0.99, gae_lambda=0.9, clip_coef=0.4, anneal_clip=False, learning_rate=3e-5,
+        anneal_lr=False, ent_coef=0.0, vf_coef=0.5, clip_actions=True, hidden_sizes=(256, 256),
+        q_hidden_sizes=(256, 256), replay_size=8192, fqe_minibatch_size=128,
+        mu_minibatch_size=128, fqe_epochs=40, mu_epochs=40, weight_td=False, clip_targets=False,
+        actor_activation="relu", critic_activation="relu", kernel_init="lecun_normal",
+        use_sde=True, sde_sample_freq=4, log_std_init=-1.0,
         normalize_obs=False,  # as the reference
         eval_every=50_000,
     ),
     # RL Baselines3 Zoo's Pendulum-v1 PPO settings (as ppo.py's pendulum_ppo), BPO phases on top.
     "pendulum_ppo": dict(
-        env_id="Pendulum-v1",
-        total_timesteps=200_000,
-        num_envs=4,
-        num_steps=1024,
-        minibatch_size=64,
-        num_epochs=10,
-        gamma=0.9,
-        gae_lambda=0.95,
-        clip_coef=0.2,
-        anneal_clip=False,
-        learning_rate=1e-3,
-        anneal_lr=False,
-        ent_coef=0.0,
-        vf_coef=0.5,
-        hidden_sizes=(64, 64),
-        q_hidden_sizes=(64, 64),
-        actor_activation="tanh",
-        critic_activation="tanh",
-        kernel_init="orthogonal",
-        normalize_obs=False,
-        eval_every=20_000,
-        weight_td=True,
-        clip_targets=True,
-        replay_size=4096,
-        fqe_minibatch_size=256,
-        mu_minibatch_size=128,
-        fqe_epochs=10,
-        mu_epochs=10,
+        env_id="Pendulum-v1", total_timesteps=200_000, num_envs=4, num_steps=1024,
+        minibatch_size=64, num_epochs=10, gamma=0.9, gae_lambda=0.95, clip_coef=0.2,
+        anneal_clip=False, learning_rate=1e-3, anneal_lr=False, ent_coef=0.0, vf_coef=0.5,
+        hidden_sizes=(64, 64), q_hidden_sizes=(64, 64), actor_activation="tanh",
+        critic_activation="tanh", kernel_init="orthogonal", normalize_obs=False, eval_every=20_000,
+        weight_td=True, clip_targets=True, replay_size=4096, fqe_minibatch_size=256,
+        mu_minibatch_size=128, fqe_epochs=10, mu_epochs=10,
     ),
     # MuJoCo Playground's DM Control Suite PPO settings (what they are and how they differ: docs/presets.md)
     "playground_dm_control": dict(
-        total_timesteps=60_000_000,
-        num_envs=2048,
-        num_steps=480,
-        minibatch_size=30_720,
-        num_epochs=16,
-        learning_rate=1e-3,
-        anneal_lr=False,
-        adam_eps=1e-8,
-        max_grad_norm=float("inf"),
-        gamma=0.995,
-        gae_lambda=0.95,
-        clip_coef=0.3,
-        anneal_clip=False,
-        clip_vloss=False,
-        norm_adv=True,
-        ent_coef=0.01,
-        vf_coef=0.25,
-        hidden_sizes=(32, 32, 32, 32),
-        critic_hidden_sizes=(256, 256, 256, 256, 256),
-        actor_activation="swish",
-        critic_activation="swish",
-        kernel_init="lecun_normal",
-        use_sde=False,
-        log_std_init=-0.365,
-        reward_scale=10.0,
-        normalize_obs=True,
-        normalize_reward=False,
-        clip_actions=True,
-        max_episode_steps=0,
-        eval_every=5 * 983_040,
+        total_timesteps=60_000_000, num_envs=2048, num_steps=480, minibatch_size=30_720, num_epochs=16,
+        learning_rate=1e-3, anneal_lr=False, adam_eps=1e-8, max_grad_norm=float("inf"), gamma=0.995,
+        gae_lambda=0.95, clip_coef=0.3, anneal_clip=False, clip_vloss=False, norm_adv=True, ent_coef=0.01,
+        vf_coef=0.25, hidden_sizes=(32, 32, 32, 32), critic_hidden_sizes=(256, 256, 256, 256, 256),
+        actor_activation="swish", critic_activation="swish", kernel_init="lecun_normal",
+        use_sde=False, log_std_init=-0.365, reward_scale=10.0, normalize_obs=True,
+        normalize_reward=False, clip_actions=True, max_episode_steps=0, eval_every=5 * 983_040,
         # BPO phases (ours): the replay buffer holds one rollout (docs/presets.md)
-        q_hidden_sizes=(256, 256),
-        weight_td=True,
-        clip_targets=True,
-        replay_size=983_040,
-        fqe_minibatch_size=30_720,
-        mu_minibatch_size=15_360,
-        fqe_epochs=20,
-        mu_epochs=20,
+        q_hidden_sizes=(256, 256), weight_td=True, clip_targets=True, replay_size=983_040,
+        fqe_minibatch_size=30_720, mu_minibatch_size=15_360, fqe_epochs=20, mu_epochs=20,
     ),
     "ppo_bpo": _PPO_BPO,
     "ppo_bpo_zero": _ZERO,
@@ -1530,6 +1411,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ppo_bpo_zero1.0_traj": dict(_ZERO, clip_rho=1.0, clip_c=1.0),
     "ppo_bpo_zero1.5_traj": dict(_ZERO, clip_rho=1.5, clip_c=1.5),
 }
+# fmt: on
 
 
 # What a Brax or a Playground env id gets without --preset

@@ -1,13 +1,13 @@
 """The host side of a training run, shared by ppo.py, bpo.py and bpo_traj.py.
 
 Each script holds its whole algorithm: the networks, the estimator, the losses and `make_train`,
-which builds the compiled pieces of one seed (`init`, the iteration, `evaluate`, `train_chunk`).
+which builds the compiled pieces of one seed (`init`, the iteration, `train_interval`).
 Everything that is not the algorithm lives here, once:
 
 - the command line: presets applied in order, then tyro flags (`parse_args`), `--resume` with the
   saved configuration, the checks every script shares (`validate`), the environment (`make_env`);
 - the run (`run`): the output folder, `config.json`, the seeds' initial states, compiling the
-  vmapped `train_chunk` once, calling it once per evaluation interval, `metrics.csv` rows as they
+  vmapped `train_interval` once, calling it once per evaluation interval, `metrics.csv` rows as they
   arrive, progress lines, TensorBoard, `summary.json`, `params.msgpack` and `curves.png`;
 - long runs: checkpoints of the complete training state with orbax-checkpoint, exact resume, and a
   per-seed divergence guard (a seed that goes non-finite is frozen and flagged, the others train
@@ -102,8 +102,8 @@ class RunArgs:
     preset: tuple[str, ...] = ()
     """named presets applied in order before any other flag (see PRESETS; docs/presets.md); later flags override them"""
     env_id: str = "CartPole-v1"
-    """environment id: gymnax (CartPole-v1, Pendulum-v1, ...), Brax (ant, hopper, ...) or Playground
-    (CheetahRun, ...)"""
+    """environment id: gymnax (CartPole-v1, Pendulum-v1, ...), Brax (ant, hopper, ...), Playground
+    (CheetahRun, ...) or a tabular MDP (tabular-deepsea-8, ...)"""
     env_backend: str = "mjx"
     """physics backend: Brax's mjx, generalized, positional or spring; Playground's mjx"""
     seed: int = 0
@@ -513,17 +513,17 @@ def directory_mb(path: str) -> float:
 DIVERGENCE_METRICS = ("eval_return", "pg_loss", "v_loss")  # nan or inf here: the seed diverged
 
 
-def guarded(train_chunk: Callable) -> Callable:
-    """train_chunk, whose metrics also say (under "finite") whether the seed's parameters and
+def guarded(train_interval: Callable) -> Callable:
+    """train_interval, whose metrics also say (under "finite") whether the seed's parameters and
     watched metrics are all finite: the check is compiled into the same program."""
 
-    def chunk(state, num_active):
-        state, metrics = train_chunk(state, num_active)
+    def interval(state, num_active):
+        state, metrics = train_interval(state, num_active)
         ok = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state.params) if jnp.issubdtype(x.dtype, jnp.floating)]
         ok += [jnp.isfinite(metrics[k]) for k in DIVERGENCE_METRICS if k in metrics]
         return state, {**metrics, "finite": jnp.all(jnp.stack(ok))}
 
-    return chunk
+    return interval
 
 
 def keep_frozen(frozen: np.ndarray, new, old):

@@ -34,6 +34,7 @@ CASES = [
     (["--max-grad-norm", "0"], ["--max-grad-norm must be positive"]),
     (["--ent-coef", "-1"], ["--ent-coef must be >= 0"]),
     (["--hidden-sizes", "64", "0"], ["--hidden-sizes must be one or more positive widths"]),
+    (["--env-id", "tabular-sparse", "--max-episode-steps", "5"], ["--max-episode-steps", "H = 20"]),
 ]
 BPO_CASES = [
     (["--replay-size", "0"], ["--replay-size must be positive"]),
@@ -41,6 +42,7 @@ BPO_CASES = [
     (["--clip-rho", "0"], ["--clip-rho must be positive"]),
     (["--polyak-tau", "1.5"], ["--polyak-tau must be in [0, 1]"]),
     (["--symlog-reg-coef", "-1"], ["--symlog-reg-coef must be >= 0"]),
+    (["--freeze-pi", "--no-bpo"], ["--freeze-pi with --no-bpo would train nothing"]),
 ]
 
 
