@@ -13,7 +13,8 @@ E_{s'} is sum_{s'} P[s, a, s'], and a continuation always carries the factor (1 
 q_hat_t(s,a) = E[G_t^2 | s_t = s, a_t = a] for pi's discounted return G_t = R_t + gamma c G_{t+1}:
 expand the square, with R independent of (c, s') given (s, a), E[R^2] = r^2 + Var(R), and
 E[G_{t+1} | s'] = V_{t+1}(s'). (docs/algorithm.md eq. (2)-(3): bpo.py's r_hat = R^2 + 2 gamma R V(s')
-has this expectation; the reference's 2 r Q - r^2, eq. (2b), equals it only where Var(R) = 0.) The behaviour policy of docs/algorithm.md eq. (1),
+has this expectation; the reference's 2 r Q - r^2, eq. (2b), equals it only where Var(R) = 0.)
+The behaviour policy of docs/algorithm.md eq. (1),
 
     mu*_t(a|s) = pi_t(a|s) sqrt(q_hat_t(s,a)) / sum_b pi_t(b|s) sqrt(q_hat_t(s,b))     (behaviour_star)
 
