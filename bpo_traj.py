@@ -942,12 +942,13 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         return state._replace(params={**p, "mu": mu}, opt_state={**state.opt_state, "mu": opt}, key=key), stats
 
     # The evaluation interval: iterations, then one evaluation of pi (and the probe) ---------------
-    def probe(state, key):
-        # segments until gamma^t < 0.01 (the discounted tail left out is under 1% of a constant
-        # reward's), at most an episode
+    if args.variance_probe:  # segments until gamma^t < 0.01 (the discounted tail left out is under 1% of a
+        # constant reward's), at most an episode; a shape, so gamma cannot be swept with the probe on
         to_one_percent = int(np.ceil(np.log(0.01) / np.log(args.gamma))) if args.gamma < 1 else env.max_episode_steps
         probe_horizon = args.variance_probe_horizon or min(env.max_episode_steps, to_one_percent)
+    tabular_mdp = envs.tabular.make_mdp(env.id) if env.id in envs.TABULAR_IDS else None
 
+    def probe(state, key):
         def log_target(obs, action, pi_dist):  # mu's target, up to a constant per state (eq. 14, 15)
             q_hat = q_hat_for_mu(state, obs, action)
             return (jax.nn.log_softmax(pi_dist) if spec.discrete else log_prob(spec, pi_dist, action)) + 0.5 * jnp.log(
@@ -957,11 +958,9 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         out = variance_probe(
             args, env, actor, critic, state.params, lambda obs: normalize(state, obs), log_target, probe_horizon, key
         )
-        if envs.is_tabular(env.id):  # and the exact figures
-            mdp = envs.tabular.make_mdp(env.id)
-            out.update(
-                exact_probe(args, mdp, actor, critic, q_hat_net, state.params, lambda obs: normalize(state, obs))
-            )
+        if tabular_mdp is not None:  # and the exact figures
+            normalized = lambda obs: normalize(state, obs)  # noqa: E731
+            out.update(exact_probe(args, tabular_mdp, actor, critic, q_hat_net, state.params, normalized))
         return out
 
     def train_interval(state, num_active):
