@@ -1113,7 +1113,10 @@ def variance_probe(args, env, actor, critic, params, normalize, log_target, hori
         probe_mu_var=var_mu,
         probe_var_ratio=ratio(var_mu),
         probe_se_diff=se_diff,
-        probe_bias_z=(g_mu.mean() - g_pi.mean()) / se_diff,
+        # undefined (nan) where neither estimate varies beyond rounding: their means differ by rounding only
+        probe_bias_z=jnp.where(
+            (var_pi > resolution) | (var_mu > resolution), (g_mu.mean() - g_pi.mean()) / se_diff, jnp.nan
+        ),
         probe_mu_clipped_mean=g_mu_clip.mean(),
         probe_mu_clipped_var=var_clip,
         probe_var_ratio_clipped=ratio(var_clip),

@@ -113,6 +113,9 @@ def test_ratio_is_undefined_where_on_policy_returns_do_not_vary(module):
     assert out["probe_mu_var"] > 1e-3  # mu still explores: its weighted returns do vary
     assert np.isnan(out["probe_var_ratio"]) and np.isnan(out["probe_var_ratio_clipped"])
     assert np.isfinite(out["probe_bias_z"])  # the unbiasedness check stays defined
+    # ... unless mu does not vary either: the two means differ by rounding only, and z is nan (not inf)
+    same = probe(module, [1.0, 1e-30, 1e-30], pi_probs=[1.0, 1e-30, 1e-30], rewards=rewards)
+    assert np.isnan(same["probe_bias_z"]) and np.isnan(same["probe_var_ratio"])
     near = np.array([1 - 2e-3, 1e-3, 1e-3])
     out = probe(module, PI, pi_probs=near, rewards=rewards, clip_rho=100.0, clip_c=100.0)
     mean = np.sum(near * rewards)
