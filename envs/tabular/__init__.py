@@ -307,7 +307,7 @@ def make_tabular(env_id: str):
 
 
 # ----------------------------------------------------------------------------------------------
-# Training settings per id (the scripts' field names; another change wires them in)
+# Training settings per id (the scripts' field names): ppo.py, bpo.py and bpo_traj.py add them to their PRESETS
 # ----------------------------------------------------------------------------------------------
 PRESETS: dict[str, dict] = {
     # rollouts of 2 episodes per environment (H = 20); 8 x 40 = 320 = 4 minibatches of 80
