@@ -589,7 +589,7 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         args.q_layer_norm,
         args.q_zero_init,
     )
-    q_net, q_hat_net = QNet(*q_args, positive=False), QNet(*q_args, positive=True)
+    q_net, q_hat_net = QNet(*q_args, positive=False), QNet(*q_args, positive=args.q_hat_head == "softplus")
     # Every network: Adam with global-norm clipping. pi and V (one optimizer, as in ppo.py): with
     # anneal_lr the rate decays linearly per optimizer step over minibatches x epochs x
     # iterations. mu and the Q heads (tx_phase): their rate, phase_lr, is applied in apply_update and
@@ -1325,6 +1325,10 @@ class Args(runner.RunArgs):
     """clip FQE targets to [min(r_min, 0), max(r_max, 0)] / (1 - discount), and q_hat in mu's target"""
     symlog_targets: bool = True
     """Q and q_hat predict symlog of their value, regress on symlog(target)"""
+    q_hat_head: Literal["softplus", "linear"] = "softplus"
+    """q_hat's output: softplus(x) + 1e-6 (positive, the reference's; its gradient vanishes as q_hat
+    nears 0, so q_hat stalls above small targets) or linear (unbiased there; mu's target floors
+    q_hat at 1e-6 either way)"""
     symlog_reg_coef: float = 1.0
     """with symlog_targets: weight of the pull of Q (q_hat) towards its target network"""
     polyak_tau: float = 0.02

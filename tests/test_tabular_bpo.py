@@ -72,6 +72,18 @@ def kl_to(mdp, pi, mu, target):
     return (d * (mu * np.log(mu / target)).sum(-1)).sum() / d.sum()
 
 
+def variance_weighted_kl(mdp, pi, mu, mu_star, q_hat):
+    """KL(mu* || mu) per decision, weighted by the decision's share of the variance.
+
+    One decision sampled from mu has second moment sum_a pi^2 q_hat / mu, least under mu* where it
+    is (sum_a pi sqrt(q_hat))^2, so its excess is exactly chi^2(mu* || mu) ~ 2 KL(mu* || mu) times
+    that weight. This is the divergence that decides the variance. An unweighted KL(mu || mu*) is
+    made by decisions whose q_hat is near 0 everywhere (no reward ahead: 78% of DeepSea-5's), where
+    mu* tilts on noise of 1e-5 and no sampling error matters."""
+    weight = exact.visitation(mdp, pi) * (pi * np.sqrt(q_hat)).sum(-1) ** 2
+    return (weight * (mu_star * np.log(mu_star / mu)).sum(-1)).sum() / weight.sum()
+
+
 def behaviour_target(pi, q_hat):
     """pi sqrt(q_hat) normalised, q_hat floored at 1e-6 as mu's target floors it (eq. 14)."""
     t = pi * np.sqrt(np.maximum(q_hat, 1e-6))
@@ -125,6 +137,21 @@ def test_fqe_finds_the_exact_q_with_terminations_and_truncations(deepsea):
     assert error < 0.02, error
 
 
+def test_q_hat_and_mu_find_the_exact_solution_on_deepsea():
+    """q_hat within 5% of the exact q_hat_t where pi goes (the preset's linear head: 0.06%; a
+    softplus head stalls above the many q_hat near 0 and is 28% off), and mu within KL 1e-3 of
+    mu* in the variance-weighted sense (5e-4; 3.6e-3 at this budget with the truncations above,
+    which thin out the later steps' data)."""
+    _, _, args, mdp, t = frozen("tabular-deepsea-5", 100, probe=0)
+    assert args.q_hat_head == "linear"
+    solution = exact.solve(mdp, t["pi"], args.gamma)
+    error = visited_error(mdp, t["pi"], t["q_hat"], solution.q_hat)
+    assert error < 0.05, error
+    mu_star = behaviour_target(t["pi"], solution.q_hat)
+    kl = variance_weighted_kl(mdp, t["pi"], t["mu"], mu_star, solution.q_hat)
+    assert kl < 1e-3, kl
+
+
 def sampled_against_exact(trained, calls=5):
     """The variance probe's ratio (sampled; 20k segments a call, the ratio of the variances summed
     over `calls` calls) and the exact ratio of the same pi and mu; the probe runs on the MDP itself
@@ -139,8 +166,10 @@ def sampled_against_exact(trained, calls=5):
 
 
 def test_the_sampled_probe_matches_the_exact_ratio_on_deepsea(deepsea):
-    sampled, exact_ratio = sampled_against_exact(deepsea)
-    assert exact_ratio < 0.2  # mu cuts the variance of the IS estimate several-fold
+    """mu cuts the variance 35-fold here, so its importance weights are heavy-tailed and the
+    sampled variance converges slowly: 14% off after 100k segments, 5% after 400k, 1% after 800k."""
+    sampled, exact_ratio = sampled_against_exact(deepsea, calls=40)
+    assert exact_ratio < 0.1  # mu cuts the variance of the IS estimate many-fold
     assert abs(sampled / exact_ratio - 1) < 0.1
 
 
