@@ -188,6 +188,13 @@ def default_thresholds(runs: list[Run]) -> dict[str, float]:
     return {env_id: lo[env_id] + 0.9 * (best[env_id] - lo[env_id]) for env_id in best}
 
 
+def fmt(x: float) -> str:
+    """A table cell: one decimal from 10 up (returns), four significant digits below (ratios such
+    as 0.0157 would otherwise read 0.0)."""
+    x = float(x)
+    return f"{x:.1f}" if not np.isfinite(x) or abs(x) >= 10 else f"{x:.4g}"
+
+
 def table(runs: list[Run], args: Args) -> str:
     defaults = default_thresholds(runs)
     name = "return" if args.metric == ("eval_return",) else "value"
@@ -210,8 +217,8 @@ def table(runs: list[Run], args: Args) -> str:
         reached = int(np.isfinite(first).sum())
         median = f"{np.nanmedian(first):,.0f}" if reached else "never"
         lines.append(
-            f"| {run.label} | {run.env_id} | {seeds} | {iqm(final):.1f} [{float(lo):.1f}, {float(hi):.1f}] "
-            f"| {auc:.1f} | {threshold:.1f} | {median}; {reached}/{len(final)} |"
+            f"| {run.label} | {run.env_id} | {seeds} | {fmt(iqm(final))} [{fmt(lo)}, {fmt(hi)}] "
+            f"| {fmt(auc)} | {fmt(threshold)} | {median}; {reached}/{len(final)} |"
         )
     return "\n".join(lines) + "\n"
 

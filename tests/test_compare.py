@@ -76,12 +76,25 @@ def test_outputs_and_table(two_runs):
         and "| ppo | hopper | 8 |" in lines[2]
         and "| bpo + mujoco_ppo + ppo_bpo_zero | hopper | 6 |" in lines[3]
     )
-    assert f"{compare.iqm(a[:, -1]):.1f}" in lines[2]
+    assert f"{compare.fmt(compare.iqm(a[:, -1]))}" in lines[2]
     # area under the IQM curve per step, and steps to 150 per seed
     curve = compare.iqm(a.T)
-    assert f"| {np.trapezoid(curve, steps) / 3000:.1f} |" in lines[2]
+    assert f"| {compare.fmt(np.trapezoid(curve, steps) / 3000)} |" in lines[2]
     first = [steps[np.argmax(row >= 150)] for row in a if (row >= 150).any()]
     assert f"{np.median(first):,.0f}; {len(first)}/8 |" in lines[2]
+
+
+def test_small_values_keep_their_digits():
+    """Ratios such as 0.0157 keep four significant digits; returns keep one decimal."""
+    assert [compare.fmt(x) for x in (486.34, -103.725, 10.0, 1.0213, 0.015734, 0.0, float("nan"))] == [
+        "486.3",
+        "-103.7",
+        "10.0",
+        "1.021",
+        "0.01573",
+        "0",
+        "nan",
+    ]
 
 
 def test_missing_and_malformed_files_are_named(two_runs):
@@ -109,7 +122,7 @@ def test_incomplete_and_diverged_runs_are_flagged_and_left_out(tmp_path):
     write_run(tmp_path / "a", "bpo", "hopper", a, steps, completed=False, diverged=(1, 3))
     md = compare.compare(compare.Args(runs=(str(tmp_path / "a"),), output=str(tmp_path / "cmp")))
     assert "| bpo | hopper | 3 |" in md  # 3 of 5 seeds: the diverged ones are not averaged in
-    assert f"{compare.iqm(a[[0, 2, 4], -1]):.1f}" in md
+    assert f"{compare.fmt(compare.iqm(a[[0, 2, 4], -1]))}" in md
     assert "did not complete" in md and "seeds 1, 3 diverged" in md and "3 of 5 seeds remain" in md
 
 
@@ -153,7 +166,7 @@ def test_a_metric_undefined_for_some_seeds(tmp_path):
     )
     final = compare.iqm(np.array([0.5, 0.7, 0.9, 1.1]))
     auc = np.trapezoid(curve[[0, 1, 3]], [1000, 2000, 4000]) / 3000
-    assert f"| 5 (4 with a final value) | {final:.1f} [" in md and f"| {auc:.1f} |" in md
+    assert f"| 5 (4 with a final value) | {compare.fmt(final)} [" in md and f"| {compare.fmt(auc)} |" in md
     assert "undefined (nan) in 7 of 20 rows" in md and (tmp_path / "c.png").stat().st_size > 0
     # a missing row is not a nan value
     lines = (tmp_path / "a" / "metrics.csv").read_text().splitlines()
