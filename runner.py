@@ -85,8 +85,8 @@ def configure_jax() -> None:
         CPU_THREEFRY_UNROLLED = True
 
 
-OUTPUT_FILES = ("config.json", "metrics.csv", "summary.json", "params.msgpack", "curves.png")
-OUTPUT_FOLDERS = ("checkpoints", "tb")
+OUTPUT_FILES = ("config.json", "metrics.csv", "summary.json", "params.msgpack", "curves.png", "eval.json")
+OUTPUT_FOLDERS = ("checkpoints", "tb", "videos")  # eval.json, videos/: evaluate.py's, --capture-video's
 EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
 
 
@@ -896,6 +896,7 @@ def train_intervals(plan: Plan, out, compiled, state, progress, rows, manager, s
                 next_state, metrics = compiled(state, hp_in, jnp.int32(n))
                 metrics = jax.device_get(plan.place.get(metrics))
                 newly = ~metrics.pop("finite") & ~frozen
+                eval_keys = np.asarray(metrics.pop("eval_key"))  # each row's evaluation key (uint32 [rows, 2])
                 with _signals_deferred() as caught:
                     steps = (done_iters + n) * batch
                     for i in np.flatnonzero(newly):
@@ -913,6 +914,12 @@ def train_intervals(plan: Plan, out, compiled, state, progress, rows, manager, s
                     else:
                         state = next_state
                     done_iters += n
+                    # the key of each row's last evaluation (a frozen row's: of its last finite one),
+                    # saved in params.msgpack so that evaluate.py repeats that evaluation exactly
+                    progress["eval_keys"] = [
+                        old if frozen[i] and old else eval_keys[i].tolist()
+                        for i, old in enumerate(progress.get("eval_keys") or [None] * len(plan.runs))
+                    ]
                     new_rows = metric_rows(sweep, plan.runs, steps, metrics, plan.columns, frozen)
                     writer.writerows(new_rows)
                     csv_file.flush()
@@ -1088,6 +1095,8 @@ def write_outputs(out, plan: Plan, state, rows, progress, compile_seconds, check
     # Load with flax.serialization.msgpack_restore(open(path, "rb").read()).
     with open(os.path.join(out, "params.msgpack"), "wb") as f:
         saved = {"seeds": np.asarray([s for _, s in runs]), "params": state.params, "obs_rms": state.obs_rms._asdict()}
+        if progress.get("eval_keys"):  # the key of each row's last evaluation (evaluate.py)
+            saved["eval_key"] = np.asarray(progress["eval_keys"], np.uint32)
         if sweep.keys:
             saved["member"] = np.asarray([k for k, _ in runs])
         f.write(flax.serialization.msgpack_serialize(jax.device_get(saved)))
