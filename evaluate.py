@@ -210,9 +210,12 @@ def evaluate(a: Args) -> dict:
     policy = watch.policy(module, actor, args, a.policy, a.stochastic)
     keys, key_source = keys_of(loaded, a)
 
-    program = jax.jit(jax.vmap(lambda p, rms, key: training.evaluate(env, policy(p, rms), episodes, key, a.stochastic)))
+    def returns_of(p, rms, key):  # the returns, their mean and std computed as the run computes them
+        returns = training.evaluate(env, policy(p, rms), episodes, key, a.stochastic)
+        return returns, returns.mean(), returns.std()
+
     t0 = time.perf_counter()
-    returns = np.asarray(program(loaded.params, loaded.obs_rms, keys))  # [rows, episodes]
+    returns = jax.device_get(jax.jit(jax.vmap(returns_of))(loaded.params, loaded.obs_rms, keys))  # [rows, ...]
     seconds = time.perf_counter() - t0
 
     summary = _read_summary(a.run)
@@ -235,8 +238,8 @@ def _read_summary(folder: str) -> dict | None:
         return json.load(f)
 
 
-def report(a: Args, loaded: Loaded, returns: np.ndarray, episodes: int, key_source: str, summary) -> dict:
-    """The table (printed) and eval.json's contents."""
+def report(a: Args, loaded: Loaded, returns: tuple, episodes: int, key_source: str, summary) -> dict:
+    """The table (printed) and eval.json's contents; returns: (returns [rows, episodes], means, stds)."""
     import compare
 
     config, sweep = loaded.config, bool(loaded.config.get("members"))
@@ -257,12 +260,13 @@ def report(a: Args, loaded: Loaded, returns: np.ndarray, episodes: int, key_sour
     head = f"{'member':>6} " * sweep + f"{'seed':>6} {'mean':>10} {'std':>9} {'min':>9} {'max':>9}"
     print(head + (f" {'run final eval':>15}" if same_as_run else ""))
     rows = []
+    returns, means, stds = returns
     for i, (k, s) in enumerate(loaded.rows):
         r = returns[i]
-        row = dict(seed=s, returns=r.tolist(), mean=float(r.mean()), std=float(r.std()))
+        row = dict(seed=s, returns=r.tolist(), mean=float(means[i]), std=float(stds[i]))
         if sweep:
             row["member"] = k
-        line = f"{k:>6} " * sweep + f"{s:>6} {r.mean():>10.2f} {r.std():>9.2f} {r.min():>9.2f} {r.max():>9.2f}"
+        line = f"{k:>6} " * sweep + f"{s:>6} {means[i]:>10.2f} {stds[i]:>9.2f} {r.min():>9.2f} {r.max():>9.2f}"
         if same_as_run:
             final = summary["final_eval_return"]
             run_value = (final[k] if sweep else final)[seeds.index(s)]
@@ -273,7 +277,7 @@ def report(a: Args, loaded: Loaded, returns: np.ndarray, episodes: int, key_sour
     groups = []
     bootstrap = dict(confidence=a.confidence, resamples=a.resamples, seed=a.seed)
     for k in sorted({k for k, _ in loaded.rows}):
-        means = np.array([returns[i].mean() for i, (m, _) in enumerate(loaded.rows) if m == k])
+        means = np.array([row["mean"] for row, (m, _) in zip(rows, loaded.rows) if m == k])
         lo, hi = compare.iqm_interval(means, compare.Args(runs=(), **bootstrap))
         group = dict(iqm=float(compare.iqm(means)), interval=[float(lo), float(hi)], seeds=len(means))
         if sweep:
@@ -321,8 +325,12 @@ def videos(a: Args, loaded: Loaded, env, policy, keys, out: str) -> list[str]:
     return paths
 
 
+def parse(argv: list[str] | None = None) -> Args:
+    return tyro.cli(Args, args=argv, description=__doc__)
+
+
 def main(argv: list[str] | None = None) -> None:
-    a = tyro.cli(Args, args=argv, description=__doc__)
+    a = parse(argv)
     try:
         evaluate(a)
     except (EvalError, runner.ConfigError, envs.UnknownEnvError, watch.NotRenderable) as e:
