@@ -291,3 +291,15 @@ def gif_bytes(frames: list[np.ndarray], fps: int, path: str | None = None) -> by
         with open(path, "wb") as f:
             f.write(buffer.getvalue())
     return buffer.getvalue()
+
+
+def log_video(writer, tag: str, frames: list[np.ndarray], fps: int, step: int, scale: int = 2) -> None:
+    """The frames, every `scale`-th pixel, as an animated GIF in TensorBoard's images (what
+    tensorboardX's add_video writes, without moviepy)."""
+    from tensorboardX.proto.summary_pb2 import Summary
+
+    small = [np.ascontiguousarray(f[::scale, ::scale]) for f in frames]
+    height, width = small[0].shape[:2]
+    image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=gif_bytes(small, fps))
+    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+    writer.flush()

@@ -33,7 +33,7 @@ TINY = dict(
 @pytest.fixture(scope="module")
 def ppo_run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("ppo") / "run")
-    ppo.run(ppo.Args(**TINY, output_dir=out))
+    ppo.run(ppo.Args(**TINY, output_dir=out, capture_video=True, capture_video_every=1, tensorboard=True))
     return out
 
 
@@ -86,8 +86,30 @@ def test_video_frames(ppo_run, tmp_path):
     frames = [f for f in reader]
     reader.close()
     assert len(frames) == sum(result["rows"][0]["returns"][:2])
-    assert result["rows"][0]["mean"] == final_returns(ppo_run)[0]
+    assert result["rows"][0]["mean"] == final_returns(ppo_run)[1]
     assert np.abs(frames[0].astype(int) - frames[len(frames) // 2]).mean() > 0.1
+
+
+def test_capture_video(ppo_run, tmp_path):
+    """--capture-video (with --capture-video-every 1, one interval): one video, of the first seed's
+    first episode of the last evaluation, named by env steps, and a GIF in TensorBoard."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    assert os.listdir(os.path.join(ppo_run, "videos")) == ["env_steps_1024.mp4"]
+    reader = imageio.get_reader(os.path.join(ppo_run, "videos", "env_steps_1024.mp4"))
+    first = run_eval(ppo_run, tmp_path, "--seeds", "0")["rows"][0]["returns"][0]
+    assert reader.count_frames() == first
+    reader.close()
+    images = []
+    for name in os.listdir(os.path.join(ppo_run, "tb")):
+        data = open(os.path.join(ppo_run, "tb", name), "rb").read()
+        while data:  # TFRecords: length (8 bytes), its crc (4), the event, its crc (4)
+            n = int.from_bytes(data[:8], "little")
+            event = Event.FromString(data[12 : 12 + n])
+            data = data[16 + n :]
+            images += [(event.step, v.image) for v in event.summary.value if v.tag == "video/seed_0"]
+    ((step, image),) = images
+    assert step == 1024 and image.encoded_image_string[:3] == b"GIF"
 
 
 def test_gif_without_ffmpeg(monkeypatch, tmp_path):
