@@ -114,9 +114,9 @@ def load(a: Args) -> Loaded:
         raise EvalError("--policy mu: a ppo.py run has no behaviour policy (mu is BPO's: bpo.py, bpo_traj.py)")
     module = importlib.import_module(algo)
     fields = {f.name for f in dataclasses.fields(module.Args)}
-    if set(config["args"]) != fields:
-        differ = sorted(set(config["args"]) ^ fields)
-        raise EvalError(f"{a.run!r}: its flags differ from today's {algo}.py ({', '.join(differ[:4])})")
+    unknown = sorted(set(config["args"]) - fields)  # flags added since the run take their defaults
+    if unknown:
+        raise EvalError(f"{a.run!r}: flags that today's {algo}.py does not have ({', '.join(unknown[:4])})")
     args = module.Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["args"].items()})
     members = config.get("members") or [{}]
     all_rows = [(k, s) for k in range(len(members)) for s in config["seeds"]]
