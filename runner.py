@@ -967,8 +967,10 @@ def train_intervals(plan: Plan, out, compiled, state, progress, rows, manager, s
                         )
                 evaluations = len(rows) // len(plan.runs)
                 if capture and args.capture_video_every and evaluations % args.capture_video_every == 0:
+                    t_capture = time.perf_counter()
                     capture(state, progress["eval_keys"][0], steps)
                     captured_at = done_iters
+                    t_train += time.perf_counter() - t_capture  # not training time
                 for k, member in enumerate(sweep.members):
                     print_progress(
                         f"{plan.algo} {plan.env_id}" + (f" {member_label(member)}" if member else ""),
