@@ -937,7 +937,8 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         key, k_eval = jax.random.split(state.key)
         act = lambda obs: mode(spec, actor.apply(state.params["pi"], normalize(state, obs)))  # noqa: E731
         returns = training.evaluate(env, act, args.eval_episodes, k_eval)
-        metrics.update(eval_return=returns.mean(), eval_return_std=returns.std())
+        # eval_key: the evaluation's key, which params.msgpack keeps so that evaluate.py repeats it
+        metrics.update(eval_return=returns.mean(), eval_return_std=returns.std(), eval_key=k_eval)
         if args.variance_probe:  # its own stream: the training's numbers do not depend on it
             metrics.update(probe(state, jax.random.fold_in(k_eval, 1)))
         return state._replace(key=key), metrics

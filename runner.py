@@ -85,8 +85,8 @@ def configure_jax() -> None:
         CPU_THREEFRY_UNROLLED = True
 
 
-OUTPUT_FILES = ("config.json", "metrics.csv", "summary.json", "params.msgpack", "curves.png")
-OUTPUT_FOLDERS = ("checkpoints", "tb")
+OUTPUT_FILES = ("config.json", "metrics.csv", "summary.json", "params.msgpack", "curves.png", "eval.json")
+OUTPUT_FOLDERS = ("checkpoints", "tb", "videos")  # eval.json, videos/: evaluate.py's, --capture-video's
 EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
 
 
@@ -126,6 +126,11 @@ class RunArgs:
     configuration: no other flag may change it, but a larger --total-timesteps extends it"""
     tensorboard: bool = False
     """also write every metric of every seed, and their means, to <output-dir>/tb (tensorboardX)"""
+    capture_video: bool = False
+    """at the end of training, a video of the first seed's deterministic pi (the first episode of its
+    last evaluation) in <output-dir>/videos/, named by env steps, and in TensorBoard with --tensorboard"""
+    capture_video_every: int = 0
+    """with --capture-video, also a video every this many evaluations (0: only at the end)"""
     sweep: tuple[str, ...] = ()
     """KEY=V1,V2,... [KEY=V1,V2,...]: train the grid product of these values (each member with
     every seed) in one compiled program, e.g. --sweep clip_coef=0.1,0.2 gamma=0.99,0.999; numbers
@@ -193,6 +198,8 @@ RESUME_MAY_CHANGE = (
     "checkpoint_every",
     "tensorboard",
     "num_devices",
+    "capture_video",
+    "capture_video_every",
 )
 
 
@@ -273,7 +280,7 @@ def validate(args) -> None:
     ):
         if getattr(args, name) <= 0:
             raise ConfigError(f"{_flag(name)} must be positive, got {getattr(args, name)}")
-    for name in ("max_episode_steps", "noise_hold_steps", "checkpoint_every"):
+    for name in ("max_episode_steps", "noise_hold_steps", "checkpoint_every", "capture_video_every"):
         if getattr(args, name) < 0:
             raise ConfigError(f"{_flag(name)} must be >= 0, got {getattr(args, name)}")
     for name in ("learning_rate", "max_grad_norm", "adam_eps"):
@@ -284,6 +291,13 @@ def validate(args) -> None:
         check_range(args, name, lo=0.0)
     if not args.hidden_sizes or min(args.hidden_sizes) <= 0:
         raise ConfigError(f"--hidden-sizes must be one or more positive widths, got {args.hidden_sizes}")
+    if args.capture_video:
+        import watch  # before MuJoCo is imported: it chooses its OpenGL backend
+
+        try:
+            watch.check_renderable(args.env_id)
+        except watch.NotRenderable as e:
+            raise ConfigError(f"--capture-video: {e}")
     batch = args.num_envs * args.num_steps
     if batch % args.minibatch_size:
         raise ConfigError(
@@ -879,6 +893,8 @@ def train_intervals(plan: Plan, out, compiled, state, progress, rows, manager, s
     args, trainer, sweep, batch = plan.args, plan.trainer, plan.sweep, plan.batch
     resuming = args.resume is not None
     tb = tensorboard_writer(out, args, progress["done_iters"] * batch) if args.tensorboard else None
+    capture = video_capture(plan, out, tb) if args.capture_video else None
+    captured_at = None
     frozen = np.array([name in progress["diverged"] for name in plan.names])
     hp_in = plan.place.put(plan.hp)
     state = plan.place.put(state)  # from here on: the program's layout (padded, sharded)
@@ -896,6 +912,7 @@ def train_intervals(plan: Plan, out, compiled, state, progress, rows, manager, s
                 next_state, metrics = compiled(state, hp_in, jnp.int32(n))
                 metrics = jax.device_get(plan.place.get(metrics))
                 newly = ~metrics.pop("finite") & ~frozen
+                eval_keys = np.asarray(metrics.pop("eval_key"))  # each row's evaluation key (uint32 [rows, 2])
                 with _signals_deferred() as caught:
                     steps = (done_iters + n) * batch
                     for i in np.flatnonzero(newly):
@@ -913,6 +930,12 @@ def train_intervals(plan: Plan, out, compiled, state, progress, rows, manager, s
                     else:
                         state = next_state
                     done_iters += n
+                    # the key of each row's last evaluation (a frozen row's: of its last finite one),
+                    # saved in params.msgpack so that evaluate.py repeats that evaluation exactly
+                    progress["eval_keys"] = [
+                        old if frozen[i] and old else eval_keys[i].tolist()
+                        for i, old in enumerate(progress.get("eval_keys") or [None] * len(plan.runs))
+                    ]
                     new_rows = metric_rows(sweep, plan.runs, steps, metrics, plan.columns, frozen)
                     writer.writerows(new_rows)
                     csv_file.flush()
@@ -942,6 +965,12 @@ def train_intervals(plan: Plan, out, compiled, state, progress, rows, manager, s
                             f"{row_label(sweep, (r.get('member', 0), r['seed']))} at {steps:,} steps: {message}",
                             flush=True,
                         )
+                evaluations = len(rows) // len(plan.runs)
+                if capture and args.capture_video_every and evaluations % args.capture_video_every == 0:
+                    t_capture = time.perf_counter()
+                    capture(state, progress["eval_keys"][0], steps)
+                    captured_at = done_iters
+                    t_train += time.perf_counter() - t_capture  # not training time
                 for k, member in enumerate(sweep.members):
                     print_progress(
                         f"{plan.algo} {plan.env_id}" + (f" {member_label(member)}" if member else ""),
@@ -954,9 +983,37 @@ def train_intervals(plan: Plan, out, compiled, state, progress, rows, manager, s
                     )
         except KeyboardInterrupt:  # the second Ctrl-C: the interval in flight is dropped
             stop.signal = signal.SIGINT
+    if capture and rows and captured_at != done_iters and progress.get("eval_keys"):
+        capture(state, progress["eval_keys"][0], done_iters * batch)
     if tb is not None:
         tb.close()
     return state, rows, saved_at
+
+
+def video_capture(plan: Plan, out: str, tb) -> Callable:
+    """--capture-video: (state, the first row's evaluation key, env steps) -> a video of the first
+    row's deterministic pi, the first episode of that evaluation (watch.py), written to
+    <out>/videos/env_steps_<steps>.<mp4 or gif> and, with --tensorboard, logged as an animated GIF
+    ("video/seed_<i>"). The recording is compiled once, on first use; it changes no number."""
+    import watch
+
+    args, (member, seed) = plan.args, plan.runs[0]
+    env, render = make_env(args), watch.renderer(args.env_id, args.env_backend)
+    policy = watch.policy(sys.modules[type(args).__module__], plan.trainer.actor, args)
+    record = jax.jit(lambda p, rms, key: watch.record(env, policy(p, rms), 1, key, render.extract))
+
+    def capture(state, key, steps: int) -> None:
+        row = jax.device_get(jax.tree.map(lambda x: x[0], (state.params, state.obs_rms._asdict())))
+        rec = jax.device_get(record(*row, jnp.asarray(key, jnp.uint32)))
+        frames = watch.episode_frames(rec, 1, render.render, f"{steps:,} steps  seed {seed}  ")
+        path = watch.write_video(os.path.join(out, "videos", f"env_steps_{steps}"), frames, render.fps)
+        if tb is not None:
+            watch.log_video(
+                tb, f"video/{'member_%d_' % member if plan.sweep.keys else ''}seed_{seed}", frames, render.fps, steps
+            )
+        print(f"video: {path} ({len(frames)} frames, return {float(rec.episode_returns[0]):.2f})", flush=True)
+
+    return capture
 
 
 def row_label(sweep: Sweep, run: tuple[int, int]) -> str:
@@ -1088,6 +1145,8 @@ def write_outputs(out, plan: Plan, state, rows, progress, compile_seconds, check
     # Load with flax.serialization.msgpack_restore(open(path, "rb").read()).
     with open(os.path.join(out, "params.msgpack"), "wb") as f:
         saved = {"seeds": np.asarray([s for _, s in runs]), "params": state.params, "obs_rms": state.obs_rms._asdict()}
+        if progress.get("eval_keys"):  # the key of each row's last evaluation (evaluate.py)
+            saved["eval_key"] = np.asarray(progress["eval_keys"], np.uint32)
         if sweep.keys:
             saved["member"] = np.asarray([k for k, _ in runs])
         f.write(flax.serialization.msgpack_serialize(jax.device_get(saved)))

@@ -44,11 +44,14 @@ def permutation(key, n: int, first=None) -> jax.Array:
     return order.astype(jnp.int32)
 
 
-def evaluate(env: envs.Env, act: Callable, num_episodes: int, key) -> jax.Array:
+def evaluate(env: envs.Env, act: Callable, num_episodes: int, key, stochastic: bool = False) -> jax.Array:
     """The undiscounted returns of `num_episodes` full episodes, one per separate environment, of
     the deterministic policy `act` (observation -> action; the scripts pass the mode of pi, never
     mu, with the training's observation statistics frozen). An environment whose episode has ended
-    adds nothing more; the loop ends when every episode has."""
+    adds nothing more; the loop ends when every episode has. Episode i draws with the i-th of each
+    split of the key, whatever num_episodes is, so the first n episodes of a longer evaluation are
+    those of an evaluation of n (jax's threefry splits do not depend on how many keys they make).
+    With `stochastic` (evaluate.py), act(observation, key) samples, with keys of its own."""
     k_reset, k_step = jax.random.split(key)
     obs, env_state = jax.vmap(env.reset)(jax.random.split(k_reset, num_episodes))
     zeros = jnp.zeros(num_episodes)
@@ -56,7 +59,8 @@ def evaluate(env: envs.Env, act: Callable, num_episodes: int, key) -> jax.Array:
     def body(carry):
         obs, env_state, done, ret, key = carry
         key, k = jax.random.split(key)
-        ts = jax.vmap(env.step)(jax.random.split(k, num_episodes), env_state, act(obs))
+        action = act(obs, jax.random.fold_in(k, 1)) if stochastic else act(obs)
+        ts = jax.vmap(env.step)(jax.random.split(k, num_episodes), env_state, action)
         ret = ret + jnp.where(done, 0.0, ts.reward)
         return ts.obs, ts.state, done | ts.terminated | ts.truncated, ret, key
 

@@ -13,3 +13,7 @@ os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"bpo-tests-jax-cache-{os.getuid()}")
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+# MuJoCo chooses its OpenGL backend when first imported: headless (Mesa's EGL) unless a display is set,
+# whichever test imports it first (watch.py sets the same for the scripts).
+if not os.environ.get("DISPLAY"):
+    os.environ.setdefault("MUJOCO_GL", "egl")
