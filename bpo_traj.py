@@ -23,6 +23,12 @@ r_hat = r^2 + 2 gamma r V_pi(s') with discount gamma^2 (Liu & Zhang 2024). One i
   6. fit_q_hat: FQE of q_hat with reward r_hat and discount gamma^2 (eq. 3, 13)
   7. update_mu: mu towards pi sqrt(q_hat) (eq. 14 discrete, 15 continuous)
 
+The behaviour policy (docs/algorithm.md eq. 18-23): --mu-form network (mu a network fitted in
+step 7, the default) or closed (mu's logits log pi + (beta/2) log q_hat computed wherever mu is
+needed: no mu network, no step 7); --mu-temper beta tempers the tilt, pi q_hat^(beta/2); --mu-mix b
+acts with (1 - b) pi + b mu; --mu-target vtrace tilts by (Q - V_pi)^2 + W, W = Var(G | s, a) fitted
+by q_hat's head, the behaviour that suits the V-trace target PPO trains on.
+
 With --no-bpo, mu is pi at every rollout and steps 4-7 are skipped: the run is ppo.py's (the
 same random numbers, the same metrics up to float rounding; tests/test_no_bpo.py). As in ppo.py,
 all of training runs inside `jax.lax.scan` under `jit`, vmapped over seeds; runner.py drives it
@@ -301,29 +307,104 @@ def variance_reward_reference(r, q):
     return 2.0 * r * q - r**2
 
 
-def mu_target_discrete(log_pi, q_hat):
-    """p(.|s) = softmax(log pi(.|s) + 0.5 log max(q_hat(s,.), 1e-6))  ∝  pi sqrt(q_hat) (eq. 14)."""
-    return jax.nn.softmax(log_pi + 0.5 * jnp.log(jnp.maximum(q_hat, 1e-6)), -1)
+def variance_reward_vtrace(r, q, v_next, var_next, bootstrap, gamma):
+    """--mu-target vtrace: the reward of W = Var(G | s, a), whose gamma^2-value under pi it is (the
+    variance Bellman equation, docs/algorithm.md eq. 22):
+        r_W(s, a, s') = (r + gamma bootstrap V_pi(s') - Q(s, a))^2 + gamma^2 bootstrap Var_{a'~pi} Q(s', a'),
+    the expected square, over a' ~ pi(.|s'), of the TD error r + gamma bootstrap Q(s', a') - Q(s, a).
+    Discrete actions: V_pi(s') and Var_{a'~pi} Q(s', .) exactly; continuous: v_next = Q(s', a') of one
+    a' ~ pi(.|s') and var_next = 0, an unbiased sample of the same. Without the Var term W would miss
+    the spread of the later actions' values."""
+    return (r + gamma * bootstrap * v_next - q) ** 2 + gamma**2 * bootstrap * var_next
 
 
-def mu_loss_discrete(mu_logits, log_pi, q_hat, ent_coef):
+def mu_target_discrete(log_pi, q_hat, beta=1.0):
+    """p(.|s) = softmax(log pi(.|s) + (beta/2) log max(q_hat(s,.), 1e-6))  ∝  pi q_hat^(beta/2)
+    (eq. 14, 18): pi sqrt(q_hat) at beta = 1. q_hat is the tilt: U with --mu-target vtrace (eq. 21)."""
+    return jax.nn.softmax(mu_logits_closed(log_pi, q_hat, beta), -1)
+
+
+def mu_loss_discrete(mu_logits, log_pi, q_hat, ent_coef, beta=1.0):
     """Per state: cross_entropy(p, mu) - ent_coef H(mu), p the (fixed) target above (eq. 14)."""
-    p = jax.lax.stop_gradient(mu_target_discrete(log_pi, q_hat))
+    p = jax.lax.stop_gradient(mu_target_discrete(log_pi, q_hat, beta))
     log_mu = jax.nn.log_softmax(mu_logits)
     return -jnp.sum(p * log_mu, -1) + ent_coef * jnp.sum(jnp.exp(log_mu) * log_mu, -1)
 
 
-def mu_loss_continuous(spec, mu_dist, pi_dist, q_hat_fn, key, ent_coef, use_q_hat=True):
+def mu_loss_continuous(spec, mu_dist, pi_dist, q_hat_fn, key, ent_coef, use_q_hat=True, beta=1.0):
     """Per state, with a ~ mu reparameterised ("kl_qhat", eq. 15):
-        log mu(a|s) - log pi(a|s) - 0.5 log max(q_hat(s,a), 1e-6) - ent_coef H(mu),
-    a one-sample estimate of KL(mu || pi sqrt(q_hat) / Z) up to log Z; each sample its own
-    q_hat. "kl" drops q_hat."""
+        log mu(a|s) - log pi(a|s) - (beta/2) log max(q_hat(s,a), 1e-6) - ent_coef H(mu),
+    a one-sample estimate of KL(mu || pi q_hat^(beta/2) / Z) up to log Z (pi sqrt(q_hat) at beta = 1);
+    each sample its own q_hat. "kl" drops q_hat."""
     mean, log_std = mu_dist
     a = mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape)
     loss = log_prob(spec, mu_dist, a) - log_prob(spec, jax.lax.stop_gradient(pi_dist), a)
     if use_q_hat:
-        loss = loss - 0.5 * jnp.log(jnp.maximum(q_hat_fn(a), 1e-6))
+        loss = loss - beta / 2 * jnp.log(jnp.maximum(q_hat_fn(a), 1e-6))
     return loss - ent_coef * entropy(spec, mu_dist)
+
+
+# ----------------------------------------------------------------------------------------------
+# The behaviour policy: its closed form, tempering and mixture (docs/algorithm.md eq. 18-23)
+# ----------------------------------------------------------------------------------------------
+def mu_logits_closed(log_pi, tilt, beta):
+    """mu in closed form (eq. 18): logits log pi + (beta/2) log max(tilt, 1e-6), i.e. mu ∝ pi tilt^(beta/2);
+    tilt = q_hat (--mu-target second-moment: mu* of eq. 1 at beta = 1) or U = (Q - V_pi)^2 + W
+    (--mu-target vtrace, eq. 21). log_pi may be pi's unnormalised logits: the softmax is the same.
+    beta = 0 returns log_pi itself (x + 0 = x), so mu's data are pi's exactly."""
+    return log_pi + beta / 2 * jnp.log(jnp.maximum(tilt, 1e-6))
+
+
+TILT_BASELINE_SAMPLES = 8  # continuous actions, --mu-target vtrace: draws of pi for V_pi(s) = E_pi Q(s, .)
+
+
+def vtrace_tilt(q, v, w):
+    """U(s, a) = (Q(s, a) - V_pi(s))^2 + W(s, a) = E[(G - V_pi(s))^2 | s, a] (eq. 21): the second moment
+    of the return about the baseline V_pi(s), whose square root tilts pi for the V-trace target."""
+    return (q - v) ** 2 + w
+
+
+def mixed_logits(pi_logits, mu_logits, mix):
+    """The logits of (1 - mix) pi + mix mu (eq. 19); pi's logits themselves at mix = 0 and mu's at
+    mix = 1 (exactly, so the data of the end points are pi's and mu's, bit for bit)."""
+    mixed = jnp.logaddexp(jnp.log1p(-mix) + jax.nn.log_softmax(pi_logits), jnp.log(mix) + jax.nn.log_softmax(mu_logits))
+    return jnp.where(mix == 1, mu_logits, jnp.where(mix == 0, pi_logits, mixed))
+
+
+def behaviour_log_prob(spec, pi_dist, mu_dist, mix, action):
+    """log of the behaviour (1 - mix) pi + mix mu at `action` (eq. 19): the mixture's log-probability
+    (discrete) or log-density (continuous, a mixture of two Gaussians); log pi at mix = 0 and log mu
+    at mix = 1 exactly."""
+    if spec.discrete:
+        return log_prob(spec, mixed_logits(pi_dist, mu_dist, mix), action)
+    log_pi, log_mu = log_prob(spec, pi_dist, action), log_prob(spec, mu_dist, action)
+    mixed = jnp.logaddexp(jnp.log1p(-mix) + log_pi, jnp.log(mix) + log_mu)
+    return jnp.where(mix == 1, log_mu, jnp.where(mix == 0, log_pi, mixed))
+
+
+def behaviour_sample(spec, pi_dist, mu_dist, mix, key, noise=None):
+    """An action of (1 - mix) pi + mix mu (eq. 19). Discrete: one draw of the mixture's logits (with
+    `key`: at mix = 1 the draw mu's own sampling makes). Continuous: mu's component with probability
+    mix, pi's otherwise (a uniform draw of fold_in(key, 1)), each sampled with `key`, or from the held
+    standard-normal `noise` (eq. 16)."""
+    if spec.discrete:
+        return jax.random.categorical(key, mixed_logits(pi_dist, mu_dist, mix))
+    if noise is None:
+        noise = jax.random.normal(key, mu_dist[0].shape)
+    a_mu, a_pi = mu_dist[0] + jnp.exp(mu_dist[1]) * noise, pi_dist[0] + jnp.exp(pi_dist[1]) * noise
+    take_mu = jax.random.uniform(jax.random.fold_in(key, 1), a_mu.shape[:-1]) < mix
+    return jnp.where(take_mu[..., None], a_mu, a_pi)
+
+
+def static_is(x, value) -> bool:
+    """x is the Python number `value`, not a traced (swept) value: a branch the program takes statically."""
+    return isinstance(x, (int, float)) and x == value
+
+
+def behaviour_mixes(args) -> bool:
+    """Whether rollouts act with a mixture (1 - mu_mix) pi + mu_mix mu: not with --no-bpo (mu is pi) or
+    where mu_mix is 1 as a number (a swept mu_mix always mixes, as the program cannot know its value)."""
+    return not args.no_bpo and not static_is(args.mu_mix, 1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -525,8 +606,8 @@ class Batch(NamedTuple):  # what the PPO update reads
 
 
 class TrainState(NamedTuple):
-    params: dict  # pi, mu, v, q, q_target, q_hat, q_hat_target
-    opt_state: dict  # ppo (pi and V together), mu, q, q_hat
+    params: dict  # pi, mu (not with --mu-form closed), v, q, q_target, q_hat, q_hat_target
+    opt_state: dict  # ppo (pi and V together), mu (not with --mu-form closed), q, q_hat
     replay: Replay
     env_state: Any  # num_envs environments
     obs: jax.Array  # their current raw observations
@@ -548,7 +629,9 @@ class Trainer(NamedTuple):
     fit_q: Any  # (TrainState, lr) -> (TrainState, stats)
     variance_rewards: Any  # TrainState -> r_hat over the replay buffer
     fit_q_hat: Any  # (TrainState, r_hat, lr) -> (TrainState, stats)
-    update_mu: Any  # (TrainState, lr) -> (TrainState, stats)
+    update_mu: Any  # (TrainState, lr) -> (TrainState, stats); None with --mu-form closed (no mu network)
+    log_mu: Any  # (TrainState, normalised obs, action) -> log of the behaviour (mixture included) at action
+    mu_dist: Any  # (TrainState, normalised obs) -> mu's distribution before mixing (network or closed form)
     q_value: Any  # (QNet, params, normalised obs, action) -> Q(s,a) in value space
     variance_probe: Any  # (TrainState, key) -> probe metrics
     train_interval: Any  # (TrainState, num_active) -> (TrainState, metrics of the interval)
@@ -590,6 +673,15 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         args.q_zero_init,
     )
     q_net, q_hat_net = QNet(*q_args, positive=False), QNet(*q_args, positive=args.q_hat_head == "softplus")
+    # The behaviour (eq. 18-23): mu a network, or in closed form (no network, no step 7); acting with
+    # (1 - mu_mix) pi + mu_mix mu unless mu_mix is 1 as a number (a swept mu_mix always mixes)
+    closed = args.mu_form == "closed"
+    if closed and not spec.discrete:
+        raise runner.ConfigError(
+            f"--mu-form closed needs discrete actions ({env.id} has continuous ones): a closed-form mu "
+            "∝ pi q_hat^(beta/2) has no tractable normaliser or sampler there; use --mu-form network"
+        )
+    mixing = behaviour_mixes(args)
     # Every network: Adam with global-norm clipping. pi and V (one optimizer, as in ppo.py): with
     # anneal_lr the rate decays linearly per optimizer step over minibatches x epochs x
     # iterations. mu and the Q heads (tx_phase): their rate, phase_lr, is applied in apply_update and
@@ -614,6 +706,8 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         opt_state = dict(
             ppo=tx_pi_v.init({"pi": pi, "v": v}), mu=tx_phase.init(pi), q=tx_phase.init(q), q_hat=tx_phase.init(q_hat)
         )
+        if closed:  # no mu network: nothing of it in the state (or the compiled program)
+            del params["mu"], opt_state["mu"]
         obs, env_state = jax.vmap(env.reset)(jax.random.split(k_env, args.num_envs))
         inf = jnp.float32(jnp.inf)
         return TrainState(
@@ -665,14 +759,18 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         else:
             state, stats = ppo_update(state, batch)  # 3.
         if args.no_bpo:  # mu is pi for the next rollout; steps 4-7 are skipped
-            state = state._replace(params={**state.params, "mu": state.params["pi"]})
+            if not closed:
+                state = state._replace(params={**state.params, "mu": state.params["pi"]})
             stats.update({k: jnp.float32(jnp.nan) for k in BPO_PHASE_METRICS})
         else:
             data = fqe_inputs(state)  # what 4.-6. read, once (pi is not updated by them)
             state, q_stats = fit_q(state, phase_lr, data)  # 4.
             r_hat = variance_rewards(state, data)  # 5.
             state, q_hat_stats = fit_q_hat(state, r_hat, phase_lr, data)  # 6.
-            state, mu_stats = update_mu(state, phase_lr)  # 7.
+            if closed:  # 7. (none: mu is computed from pi and q_hat wherever it is needed)
+                mu_stats = {"mu_loss": jnp.float32(jnp.nan)}
+            else:
+                state, mu_stats = update_mu(state, phase_lr)  # 7.
             stats.update(**q_stats, **q_hat_stats, **mu_stats)
         # Statistics for the next rollout, from this one's observations and returns.
         obs_rms, scaler = state.obs_rms, state.reward_scaler
@@ -710,12 +808,17 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         def step(carry, t):
             env_state, obs, scaler, noise, key = carry
             key, k_act, k_env = jax.random.split(key, 3)
-            mu_dist = actor.apply(p["mu"], normalize(state, obs))
+            obs_n = normalize(state, obs)
+            mu_d = mu_dist(state, obs_n)
             if args.noise_hold_steps > 1:  # one noise draw per environment, held for noise_hold_steps steps (eq. 16)
                 noise = jnp.where(t % args.noise_hold_steps == 0, jax.random.normal(k_act, noise.shape), noise)
-                action = mu_dist[0] + jnp.exp(mu_dist[1]) * noise
+            held = noise if args.noise_hold_steps > 1 else None
+            if mixing:  # (1 - mu_mix) pi + mu_mix mu (eq. 19)
+                action = behaviour_sample(spec, actor.apply(p["pi"], obs_n), mu_d, args.mu_mix, k_act, held)
+            elif args.noise_hold_steps > 1:
+                action = mu_d[0] + jnp.exp(mu_d[1]) * noise
             else:
-                action = sample(spec, mu_dist, k_act)
+                action = sample(spec, mu_d, k_act)
             ts = jax.vmap(env.step)(jax.random.split(k_env, args.num_envs), env_state, action)
             done = ts.terminated | ts.truncated
             reward = ts.reward
@@ -742,7 +845,7 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         traj = Transition(
             obs=steps.obs,
             action=steps.action,
-            log_mu=log_prob(spec, actor.apply(p["mu"], obs_n), steps.action),
+            log_mu=log_mu(state, obs_n, steps.action),
             log_pi=log_prob(spec, actor.apply(p["pi"], obs_n), steps.action),
             value=critic.apply(p["v"], obs_n),
             reward=steps.reward + bootstrap,
@@ -778,7 +881,8 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         """num_epochs passes over the batch in shuffled minibatches."""
         progress = state.iteration / num_iterations
         clip_coef = jnp.where(args.anneal_clip, args.clip_coef * (1.0 - progress), args.clip_coef)
-        ent_coef = args.ent_coef if args.no_bpo else 0.0  # with BPO on, the entropy bonus is mu's
+        # with BPO on, the entropy bonus is mu's network's; pi's with --no-bpo or a closed-form mu
+        ent_coef = args.ent_coef if args.no_bpo or closed else 0.0
         flat = jax.tree.map(lambda x: x.reshape((batch_size,) + x.shape[2:]), batch)
         grad_fn = jax.grad(ppo_loss, has_aux=True)
 
@@ -862,6 +966,13 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         else:
             a_next = sample(spec, data.pi_next, jax.random.fold_in(state.key, 5))  # its own stream
             v_next = q_value(q_net, q, data.next_obs, a_next, args.symlog_targets)
+        if args.mu_target == "vtrace":  # W's reward (eq. 22): the squared TD error of Q
+            q_sa = q_value(q_net, q, data.obs, rb.action, args.symlog_targets)
+            # Var_{a'~pi} Q(s', a') (discrete; continuous: 0, the one sample a' carries it)
+            spread = (
+                jnp.sum(jax.nn.softmax(data.pi_next) * (q_next - v_next[:, None]) ** 2, -1) if spec.discrete else 0.0
+            )
+            return variance_reward_vtrace(rb.reward, q_sa, v_next, spread, data.mask, args.gamma)
         return variance_reward(rb.reward, v_next, data.mask, args.gamma)
 
     def fit_q_hat(state, r_hat, lr, data=None):  # 6.
@@ -885,41 +996,87 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
             "r_hat_mean": jnp.sum(filled * r_hat) / state.replay.size,
         }
 
-    # 7. Behaviour update of mu towards pi sqrt(q_hat) ----------------------------------------------
+    # 7. Behaviour update of mu towards pi q_hat^(beta/2) -------------------------------------------
     def q_hat_for_mu(state, obs, action=None):
         """q_hat(s, a) as mu's target reads it: floored at 1e-6 and, with clip_targets, capped at
         r_hat_max / (1 - gamma^2) (discrete, no action: at every action); no cap before the first
-        variance reward (r_hat_max = -inf)."""
+        variance reward (r_hat_max = -inf). With --mu-target vtrace the head is W's."""
         q = q_value(q_hat_net, state.params["q_hat"], obs, action, args.symlog_targets)
         hi = jnp.where(state.r_hat_max > -jnp.inf, state.r_hat_max / (1.0 - args.gamma**2), jnp.inf)
         return jnp.where(args.clip_targets, jnp.clip(q, 1e-6, hi), jnp.maximum(q, 1e-6))
 
+    def tilt_baseline(state, obs, pi_dist, key=None):
+        """V_pi(s) = E_{a~pi} Q(s, a), the baseline of the vtrace tilt (eq. 21): exact over discrete
+        actions; the mean of Q over TILT_BASELINE_SAMPLES draws of pi (with `key`) for continuous ones
+        (which adds Var_pi(Q(s, .)) / TILT_BASELINE_SAMPLES to every action's tilt at s)."""
+        q = state.params["q"]
+        if spec.discrete:
+            return jnp.sum(jax.nn.softmax(pi_dist) * q_value(q_net, q, obs, None, args.symlog_targets), -1)
+        draws = jax.vmap(lambda k: sample(spec, pi_dist, k))(jax.random.split(key, TILT_BASELINE_SAMPLES))
+        return jnp.mean(jax.vmap(lambda a: q_value(q_net, q, obs, a, args.symlog_targets))(draws), 0)
+
+    def tilt_for_mu(state, obs, action=None, v=None):
+        """The tilt of mu's target, mu ∝ pi tilt^(beta/2) (eq. 14, 15, 18): q_hat as q_hat_for_mu reads
+        it or, with --mu-target vtrace, U = (Q - V_pi)^2 + W (eq. 21) with W read from q_hat's head as
+        q_hat_for_mu reads it and v = V_pi(s) (tilt_baseline). Discrete, no action: every action's."""
+        head = q_hat_for_mu(state, obs, action)
+        if args.mu_target != "vtrace":
+            return head
+        q = q_value(q_net, state.params["q"], obs, action, args.symlog_targets)
+        return vtrace_tilt(q, v if action is not None else v[..., None], head)
+
+    def mu_dist(state, obs):
+        """mu before any mixing, at normalised observations: its network or, with --mu-form closed, the
+        logits log pi + (beta/2) log tilt (eq. 18), pi's own before the first fit of q_hat's head
+        (r_hat_max = -inf; a network mu starts as a copy of pi) and with --no-bpo."""
+        if not closed:
+            return actor.apply(state.params["mu"], obs)
+        pi_logits = actor.apply(state.params["pi"], obs)
+        if args.no_bpo:
+            return pi_logits
+        v = tilt_baseline(state, obs, pi_logits) if args.mu_target == "vtrace" else None
+        logits = mu_logits_closed(pi_logits, tilt_for_mu(state, obs, None, v), args.mu_temper)
+        return jnp.where(state.r_hat_max > -jnp.inf, logits, pi_logits)
+
+    def log_mu(state, obs, action):
+        """log of the behaviour that acts (eq. 19) at `action`: log mu, or of the mixture with pi."""
+        if not mixing:
+            return log_prob(spec, mu_dist(state, obs), action)
+        pi_dist = actor.apply(state.params["pi"], obs)
+        return behaviour_log_prob(spec, pi_dist, mu_dist(state, obs), args.mu_mix, action)
+
     def update_mu(state, lr):
-        """mu_epochs passes over the replay buffer's states: eq. 14 (discrete) or 15 (continuous),
-        q_hat floored at 1e-6 and, with clip_targets, capped at r_hat_max / (1 - gamma^2)."""
+        """mu_epochs passes over the replay buffer's states: eq. 14 (discrete) or 15 (continuous) with
+        beta = mu_temper (eq. 18), q_hat floored at 1e-6 and, with clip_targets, capped at
+        r_hat_max / (1 - gamma^2) (with --mu-target vtrace: W, in the tilt U of eq. 21)."""
         rb, p = state.replay, state.params
         key, k_mb, k_a = jax.random.split(state.key, 3)
         obs = normalize(state, rb.obs)
-        q_hat_value = lambda o, a=None: q_hat_for_mu(state, o, a)  # noqa: E731
 
-        # pi and q_hat do not change in this phase: pi(.|s) (and, discrete, q_hat(s, .)) once per state
+        # pi, Q and q_hat do not change in this phase: pi(.|s), the tilt's baseline V_pi(s) and
+        # (discrete) the tilt at every action once per state
         pi_all = actor.apply(p["pi"], obs)
-        q_hat_all = q_hat_value(obs) if spec.discrete else None
+        v_all = None
+        if args.mu_target == "vtrace":
+            v_all = tilt_baseline(state, obs, pi_all, jax.random.fold_in(k_a, 1))  # its own stream
+        tilt_all = tilt_for_mu(state, obs, None, v_all) if spec.discrete else None
 
         def loss_fn(mu, idx, valid, k):
             o = obs[idx]
             mu_dist, pi_dist = actor.apply(mu, o), jax.tree.map(lambda x: x[idx], pi_all)
             if spec.discrete:
-                per_state = mu_loss_discrete(mu_dist, jax.nn.log_softmax(pi_dist), q_hat_all[idx], args.ent_coef)
+                log_pi = jax.nn.log_softmax(pi_dist)
+                per_state = mu_loss_discrete(mu_dist, log_pi, tilt_all[idx], args.ent_coef, args.mu_temper)
             else:
                 per_state = mu_loss_continuous(
                     spec,
                     mu_dist,
                     pi_dist,
-                    lambda a: q_hat_value(o, a),
+                    lambda a: tilt_for_mu(state, o, a, None if v_all is None else v_all[idx]),
                     k,
                     args.ent_coef,
                     args.mu_policy_loss == "kl_qhat",
+                    args.mu_temper,
                 )
             return jnp.sum(valid * per_state) / jnp.sum(valid)
 
@@ -949,18 +1106,50 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
     tabular_mdp = envs.tabular.make_mdp(env.id) if env.id in envs.TABULAR_IDS else None
 
     def probe(state, key):
-        def log_target(obs, action, pi_dist):  # mu's target, up to a constant per state (eq. 14, 15)
-            q_hat = q_hat_for_mu(state, obs, action)
-            return (jax.nn.log_softmax(pi_dist) if spec.discrete else log_prob(spec, pi_dist, action)) + 0.5 * jnp.log(
-                q_hat
-            )
+        def log_target(obs, pi_dist, key):
+            """mu's target at a state, up to a constant per state (eq. 14, 15, 18): a function of the
+            action (discrete, None: every action's)."""
+            v = tilt_baseline(state, obs, pi_dist, key) if args.mu_target == "vtrace" else None
 
+            def at(action):
+                log_pi = jax.nn.log_softmax(pi_dist) if spec.discrete else log_prob(spec, pi_dist, action)
+                return log_pi + args.mu_temper / 2 * jnp.log(tilt_for_mu(state, obs, action, v))
+
+            return at
+
+        normalized = lambda obs: normalize(state, obs)  # noqa: E731
         out = variance_probe(
-            args, env, actor, critic, state.params, lambda obs: normalize(state, obs), log_target, probe_horizon, key
+            args,
+            env,
+            actor,
+            critic,
+            state.params,
+            normalized,
+            lambda obs: mu_dist(state, obs),
+            log_target,
+            probe_horizon,
+            key,
         )
         if tabular_mdp is not None:  # and the exact figures
-            normalized = lambda obs: normalize(state, obs)  # noqa: E731
-            out.update(exact_probe(args, tabular_mdp, actor, critic, q_hat_net, state.params, normalized))
+            p = state.params
+
+            def behaviour_probs(obs):  # the behaviour's table (eq. 19), the mixture's if it mixes
+                o = normalized(obs)
+                mu_logits = mu_dist(state, o)
+                return jax.nn.softmax(
+                    mixed_logits(actor.apply(p["pi"], o), mu_logits, args.mu_mix) if mixing else mu_logits
+                )
+
+            out.update(
+                exact_probe(
+                    args,
+                    tabular_mdp,
+                    lambda obs: jax.nn.softmax(actor.apply(p["pi"], normalized(obs))),
+                    behaviour_probs,
+                    lambda obs: q_value(q_hat_net, p["q_hat"], normalized(obs), None, args.symlog_targets),
+                    lambda obs: critic.apply(p["v"], normalized(obs)),
+                )
+            )
         return out
 
     def train_interval(state, num_active):
@@ -992,7 +1181,9 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         fit_q,
         variance_rewards,
         fit_q_hat,
-        update_mu,
+        None if closed else update_mu,
+        log_mu,
+        mu_dist,
         q_value_of,
         probe,
         train_interval,
@@ -1008,7 +1199,7 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
 # ----------------------------------------------------------------------------------------------
 # Diagnostics: the variance probe (--variance-probe N)
 # ----------------------------------------------------------------------------------------------
-def variance_probe(args, env, actor, critic, params, normalize, log_target, horizon: int, key) -> dict:
+def variance_probe(args, env, actor, critic, params, normalize, mu_dist, log_target, horizon: int, key) -> dict:
     """The claim BPO rests on, measured (docs/algorithm.md eq. 17): the discounted return of the
     policy pi over the first `horizon` steps from fresh start states, estimated from
     n = args.variance_probe segments in three ways with the same random numbers:
@@ -1025,9 +1216,13 @@ def variance_probe(args, env, actor, critic, params, normalize, log_target, hori
     the on-policy returns do not vary beyond float rounding: std(G) <= sqrt(horizon) * eps * mean|G|
     (eq. 17), e.g. once pi balances CartPole. Also: CV^2 = Var(G) / E[G]^2 of the on-policy
     estimate, a 95% bootstrap interval of probe_var_ratio, and KL(mu || mu's target) averaged over
-    the on-policy segments' states, `log_target(obs, actions)` giving the target's log-density
-    up to a constant per state (log pi + 0.5 log q_hat, eq. 14, 15)."""
+    the on-policy segments' states, `log_target(obs, pi_dist, key)` giving, as a function of the
+    action, the target's log-density up to a constant per state (log pi + (beta/2) log tilt, eq. 14,
+    15, 18). `mu_dist(obs)` is mu's distribution at normalised observations before any mixing (its
+    network, or the closed form); the segments a ~ mu act with (1 - mu_mix) pi + mu_mix mu (eq. 19),
+    and the KL is mu's (before mixing: what step 7 fits; 0 up to rounding for the closed form)."""
     spec, n = env.action_spec, args.variance_probe
+    mixing = behaviour_mixes(args)
     k_reset, k_steps, k_boot, k_kl = jax.random.split(key, 4)
     obs0, env_state0 = jax.vmap(env.reset)(jax.random.split(k_reset, n))
     value = lambda obs: critic.apply(params["v"], normalize(obs)) / args.reward_scale  # noqa: E731  (env units)
@@ -1035,28 +1230,40 @@ def variance_probe(args, env, actor, critic, params, normalize, log_target, hori
     def kl_to_target(obs, k):
         """KL(mu(.|s) || target(.|s)), per state: exact over discrete actions; with 8 samples of mu
         (and 8 of pi for the normaliser E_pi[sqrt(q_hat)]) for continuous ones."""
-        mu_dist, pi_dist = actor.apply(params["mu"], obs), actor.apply(params["pi"], obs)
+        mu_d, pi_dist = mu_dist(obs), actor.apply(params["pi"], obs)
+        target = log_target(obs, pi_dist, jax.random.fold_in(k, 2))
         if spec.discrete:
-            log_mu = jax.nn.log_softmax(mu_dist)
-            log_p = jax.nn.log_softmax(log_target(obs, None, pi_dist))
+            log_mu = jax.nn.log_softmax(mu_d)
+            log_p = jax.nn.log_softmax(target(None))
             return jnp.sum(jnp.exp(log_mu) * (log_mu - log_p), -1)
         k_mu, k_pi = jax.random.split(k)
-        a_mu = jax.vmap(lambda kk: sample(spec, mu_dist, kk))(jax.random.split(k_mu, 8))
+        a_mu = jax.vmap(lambda kk: sample(spec, mu_d, kk))(jax.random.split(k_mu, 8))
         a_pi = jax.vmap(lambda kk: sample(spec, pi_dist, kk))(jax.random.split(k_pi, 8))
-        log_mu = jax.vmap(lambda a: log_prob(spec, mu_dist, a))(a_mu)
-        log_p = jax.vmap(lambda a: log_target(obs, a, pi_dist))(a_mu)
-        log_z = jax.nn.logsumexp(jax.vmap(lambda a: log_target(obs, a, pi_dist) - log_prob(spec, pi_dist, a))(a_pi), 0)
+        log_mu = jax.vmap(lambda a: log_prob(spec, mu_d, a))(a_mu)
+        log_p = jax.vmap(target)(a_mu)
+        log_z = jax.nn.logsumexp(jax.vmap(lambda a: target(a) - log_prob(spec, pi_dist, a))(a_pi), 0)
         return jnp.mean(log_mu - log_p, 0) + log_z - jnp.log(8.0)
 
-    def segments(behaviour):
+    def act(obs, pi_dist, key, on_policy):
+        """(a, log of the acting policy at a): a ~ pi, or a ~ the behaviour (eq. 19)."""
+        if on_policy:
+            action = sample(spec, pi_dist, key)
+            return action, log_prob(spec, pi_dist, action)
+        mu_d = mu_dist(obs)
+        if not mixing:
+            action = sample(spec, mu_d, key)
+            return action, log_prob(spec, mu_d, action)
+        action = behaviour_sample(spec, pi_dist, mu_d, args.mu_mix, key)
+        return action, behaviour_log_prob(spec, pi_dist, mu_d, args.mu_mix, action)
+
+    def segments(on_policy):
         def step(carry, x):
             obs, env_state, alive, discount, w, clip_carry, g, g_w, g_clip, g_vtrace, kl = carry
             k, t = x
             k_act, k_env = jax.random.split(k)
-            b_dist = actor.apply(behaviour, normalize(obs))
             pi_dist = actor.apply(params["pi"], normalize(obs))
-            action = sample(spec, b_dist, k_act)
-            ratio = jnp.exp(log_prob(spec, pi_dist, action) - log_prob(spec, b_dist, action))
+            action, log_b = act(normalize(obs), pi_dist, k_act, on_policy)
+            ratio = jnp.exp(log_prob(spec, pi_dist, action) - log_b)
             ts = jax.vmap(env.step)(jax.random.split(k_env, n), env_state, action)
             w = w * ratio
             w_clip, clip_carry = probe_clipped_weight(clip_carry, ratio, args.clip_rho, args.clip_c)
@@ -1089,8 +1296,8 @@ def variance_probe(args, env, actor, critic, params, normalize, log_target, hori
         states = n + jnp.sum(alive[:-1])  # the states the segments visited
         return g, g_w, g_clip, value(obs0) + g_vtrace, jnp.sum(kl) / states
 
-    g_pi, _, _, _, kl_mu_target = segments(params["pi"])
-    _, g_mu, g_mu_clip, g_vtrace, _ = segments(params["mu"])
+    g_pi, _, _, _, kl_mu_target = segments(on_policy=True)
+    _, g_mu, g_mu_clip, g_vtrace, _ = segments(on_policy=False)
     # Var is shift-invariant: of the returns less their first, so that returns that are all one
     # number have variance exactly 0 whatever the rounding of their mean (a sum of n floats)
     var = lambda g: (g - g[0]).var(ddof=1)  # noqa: E731
@@ -1129,19 +1336,27 @@ def variance_probe(args, env, actor, critic, params, normalize, log_target, hori
     )
 
 
-def exact_probe(args, mdp, actor, critic, q_hat_net, params, normalize) -> dict:
+def exact_probe(args, mdp, pi_probs, mu_probs, head, value) -> dict:
     """On a tabular environment (envs/tabular), where the answer is known: the networks evaluated at
     every (state, t) and the exact figures of those tables (envs/tabular/exact_jax.py `probe_exact`,
-    eq. 17c): the learned mu's exact variance ratio against mu*'s (of the current pi's exact q_hat),
-    the learned q_hat's relative error, KL(mu || mu*) and the V-trace ratios. q_hat and V are
-    brought back to the environment's reward units (reward_scale; not with normalize_reward)."""
-    pi = policy_tables(lambda obs: jax.nn.softmax(actor.apply(params["pi"], normalize(obs))), mdp)
-    mu = policy_tables(lambda obs: jax.nn.softmax(actor.apply(params["mu"], normalize(obs))), mdp)
-    q_hat = policy_tables(
-        lambda obs: q_value(q_hat_net, params["q_hat"], normalize(obs), None, args.symlog_targets), mdp
+    eq. 17c): the learned mu's exact variance ratio against mu*'s (of the current pi's exact q_hat)
+    and against the exact target of its settings (--mu-target, --mu-temper, --mu-mix), the learned
+    q_hat head's relative error (q_hat, or W with --mu-target vtrace), KL(mu || mu*) and the V-trace
+    ratios. Each argument maps a batch of raw observations to pi's and the behaviour's probabilities
+    (the mixture's, if it mixes), q_hat's head at every action (in value space) and V. q_hat and V
+    are brought back to the environment's reward units (reward_scale; not with normalize_reward)."""
+    tables = lambda f: policy_tables(f, mdp)  # noqa: E731
+    return probe_exact(
+        mdp,
+        tables(pi_probs),
+        tables(mu_probs),
+        tables(head) / args.reward_scale**2,
+        args.gamma,
+        tables(value) / args.reward_scale,
+        args.mu_target,
+        args.mu_temper,
+        args.mu_mix if behaviour_mixes(args) else 1.0,
     )
-    v = policy_tables(lambda obs: critic.apply(params["v"], normalize(obs)), mdp)
-    return probe_exact(mdp, pi, mu, q_hat / args.reward_scale**2, args.gamma, v / args.reward_scale)
 
 
 def probe_warning(row: dict) -> str | None:
@@ -1184,6 +1399,11 @@ EXACT_PROBE_COLUMNS = (
     "probe_exact_vtrace_ratio_v",
     "probe_exact_var_pi",
     "probe_exact_J",
+    "probe_exact_ratio_target",
+    "probe_exact_vtrace_ratio_target",
+    "kl_mu_target_exact",
+    "probe_exact_ratio_vopt",
+    "probe_exact_vtrace_ratio_vopt",
 )  # with --variance-probe N on a tabular environment
 METRIC_COLUMNS = (
     "seed",
@@ -1320,6 +1540,20 @@ class Args(runner.RunArgs):
     """states per mu gradient step"""
     mu_policy_loss: Literal["kl_qhat", "kl"] = "kl_qhat"
     """continuous mu loss: kl_qhat pulls mu towards pi sqrt(q_hat); kl only towards pi"""
+    mu_form: Literal["network", "closed"] = "network"
+    """the behaviour policy mu: network, a network fitted towards pi q_hat^(beta/2) (step 7); closed,
+    mu's logits log pi + (beta/2) log q_hat computed from pi and q_hat wherever mu is needed, with no
+    mu network and no step 7 (discrete actions; the entropy bonus is then pi's) (docs/algorithm.md eq. 18)"""
+    mu_temper: float = 1.0
+    """beta in [0, 1]: mu ∝ pi q_hat^(beta/2), for both forms (1: pi sqrt(q_hat); 0: pi, on-policy data,
+    exactly so with --mu-form closed) (eq. 18)"""
+    mu_mix: float = 1.0
+    """b in [0, 1]: rollouts act with (1 - b) pi + b mu, and log mu is that mixture's (1: mu alone;
+    0: pi) (eq. 19)"""
+    mu_target: Literal["second-moment", "vtrace"] = "second-moment"
+    """what mu's tilt is: second-moment, q_hat = E[G^2 | s, a] (mu* for the importance-sampling
+    estimate); vtrace, U = (Q - V_pi)^2 + W with W = Var(G | s, a) fitted by q_hat's head on the squared
+    TD error of Q with discount gamma^2 (for the V-trace target, whose baseline is V) (eq. 21-23)"""
     weight_td: bool = True
     """weight FQE's TD loss by clip(pi/mu, 0.1, 10), normalised to mean 1"""
     clip_targets: bool = True
@@ -1455,6 +1689,8 @@ SWEEPABLE = (
     "clip_targets",
     "symlog_reg_coef",
     "polyak_tau",
+    "mu_temper",
+    "mu_mix",
 )
 
 
@@ -1479,6 +1715,13 @@ def validate(args: Args) -> None:
     for name in ("clip_rho", "clip_c"):
         runner.check_range(args, name, lo=0.0, lo_open=True)
     runner.check_range(args, "polyak_tau", lo=0.0, hi=1.0)
+    for name in ("mu_temper", "mu_mix"):
+        runner.check_range(args, name, lo=0.0, hi=1.0)
+    if args.mu_target == "vtrace" and args.variance_reward == "reference":
+        raise runner.ConfigError(
+            "--variance-reward reference is q_hat's reward; with --mu-target vtrace q_hat's head fits W "
+            "on the squared TD error instead (drop one of the two)"
+        )
     if args.variance_probe == 1 or args.variance_probe < 0:
         raise runner.ConfigError(f"--variance-probe must be 0 (off) or at least 2 segments, got {args.variance_probe}")
     runner.check_range(args, "symlog_reg_coef", lo=0.0)

@@ -27,6 +27,17 @@ rho_t = pi_t(a_t|s_t) / mu_t(a_t|s_t), a_t ~ mu:
         delta_t = R_t + gamma c_t V_{t+1}(s_{t+1}) - V_t(s_t)                                   (vtrace_variance)
 
 (the sums stop at the episode's end; with mu = pi both are pi's return G, so they share var_pi).
+
+The behaviour that suits the V-trace target (docs/algorithm.md eq. (21)-(23)) tilts pi by the second
+moment of the return about the baseline V_pi(s) instead of about 0,
+
+    U_t(s,a) = E[(G_t - V_t(s))^2 | s_t = s, a_t = a] = (Q_t(s,a) - V_t(s))^2 + W_t(s,a),          (vtrace_tilt)
+    W_t(s,a) = Var(G_t | s, a) = E[(R + gamma c Q_{t+1}(s', a') - Q_t(s,a))^2 | s, a]
+               + gamma^2 (1 - term) E_{s'} sum_a' pi_{t+1}(a'|s') W_{t+1}(s',a'),   a' ~ pi_{t+1}(.|s'),
+
+W's recursion being the variance Bellman equation (discount gamma^2, the squared TD error of a sampled
+next action as its reward). `behaviour(pi, tilt, beta, mix)` is the general behaviour of
+docs/algorithm.md eq. (18)-(19): (1 - mix) pi + mix pi tilt^(beta/2) / Z, mu* = behaviour(pi, q_hat).
 envs/tabular/exact_jax.py computes the same in jax (float32, inside compiled programs).
 `python -m envs.tabular ENV_ID [--gamma G]` prints the figures of a registered id for the uniform pi.
 """
@@ -107,9 +118,47 @@ def solve(mdp: TabularMDP, pi, gamma: float) -> Exact:
 def behaviour_star(pi: np.ndarray, q_hat: np.ndarray) -> np.ndarray:
     """mu* ∝ pi sqrt(q_hat) (docs/algorithm.md eq. (1)), normalised over actions; pi itself where
     pi sqrt(q_hat) is 0 for every action (nothing to estimate there)."""
-    w = pi * np.sqrt(np.maximum(q_hat, 0.0))
+    return behaviour(pi, q_hat)
+
+
+def behaviour(pi, tilt, beta: float = 1.0, mix: float = 1.0, floor: float = 0.0) -> np.ndarray:
+    """The behaviour policies of docs/algorithm.md eq. (18)-(19), as tables [..., A]:
+
+        mu_beta ∝ pi max(tilt, floor)^(beta/2)      (tempered; pi itself where this is 0 for every action)
+        mu      = (1 - mix) pi + mix mu_beta        (mixed with pi)
+
+    tilt = q_hat gives mu* at beta = 1 (behaviour_star), tilt = vtrace_tilt's U the V-trace behaviour;
+    beta = 0 or mix = 0 gives pi. floor = 1e-6 is bpo.py's floor of the tilt (eq. (14), (18))."""
+    pi = np.asarray(pi, np.float64)
+    tilt = np.maximum(np.asarray(tilt, np.float64), floor)
+    w = pi * (np.sqrt(tilt) if beta == 1 else tilt ** (beta / 2))  # 0^0 = 1: beta = 0 is pi
     z = w.sum(-1, keepdims=True)
-    return np.where(z > 0, w / np.where(z > 0, z, 1.0), pi)
+    tempered = np.where(z > 0, w / np.where(z > 0, z, 1.0), pi)
+    return (1 - mix) * pi + mix * tempered
+
+
+def vtrace_tilt(mdp: TabularMDP, pi, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+    """(U, W) [H, S, A] of pi (module docstring): W_t(s,a) = Var(G_t | s, a) by the variance Bellman
+    equation, run backwards from W_H = 0 with
+
+        E[(R + gamma c Q_{t+1}(s',a') - Q_t(s,a))^2 | s,a] = Var(R) + gamma^2 Var(c V_{t+1}(s') | s,a)
+                                                            + gamma^2 (1 - term) E_{s'} Var_{a'~pi} Q_{t+1}(s',a')
+
+    (the TD error has mean 0: its square's mean is the variance of R + gamma c Q_{t+1}(s', a')), and
+    U_t(s,a) = (Q_t(s,a) - V_t(s))^2 + W_t(s,a), the tilt of the V-trace behaviour (eq. (21)-(23))."""
+    pi = _table(mdp, pi)
+    exact = solve(mdp, pi, gamma)
+    H, S, A = pi.shape
+    Q = np.concatenate([exact.Q, np.zeros((1, S, A))])
+    V = np.concatenate([exact.V, np.zeros((1, S))])
+    pi_next = np.concatenate([pi, np.full((1, S, A), 1.0 / A)])  # pi_H plays no part: Q_H = W_H = 0
+    W = np.zeros((H + 1, S, A))
+    for t in reversed(range(H)):
+        spread = (pi_next[t + 1] * (Q[t + 1] - V[t + 1][:, None]) ** 2).sum(-1)  # Var_{a'~pi} Q_{t+1}(s', a')
+        var_next = _next(mdp, V[t + 1] ** 2) - _next(mdp, V[t + 1]) ** 2  # Var(c V_{t+1}(s') | s, a)
+        td2 = reward_variance(mdp) + gamma**2 * (var_next + _next(mdp, spread))
+        W[t] = td2 + gamma**2 * _next(mdp, (pi_next[t + 1] * W[t + 1]).sum(-1))
+    return (exact.Q - exact.V[..., None]) ** 2 + W[:H], W[:H]
 
 
 def visitation(mdp: TabularMDP, pi) -> np.ndarray:

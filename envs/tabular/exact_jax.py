@@ -54,6 +54,7 @@ class ExactJax(NamedTuple):
     Q: jax.Array  # [H, S, A] Q_t(s, a) of pi
     V: jax.Array  # [H, S] V_t(s) of pi
     q_hat: jax.Array  # [H, S, A] E[G_t^2 | s, a] under pi
+    W: jax.Array  # [H, S, A] Var(G_t | s, a) under pi (exact.vtrace_tilt's W)
     J: jax.Array  # E_{s0~d0} V_0(s0)
     var: jax.Array  # Var(G) of pi's return from s0 ~ d0 (on-policy)
 
@@ -128,21 +129,35 @@ def _target_variance(mdp: TabularMDP, V_pi, C):
 
 
 def solve_jax(mdp: TabularMDP, pi, gamma) -> ExactJax:
-    """Q_t, V_t, q_hat_t of pi, J and the on-policy Var(G), as exact.solve (module docstring with mu = pi:
-    q_hat = Var(X | s,a) + Q^2, Var(G) = E_{s0~d0} C_0 + Var_{s0~d0}(V_0))."""
+    """Q_t, V_t, q_hat_t, W_t = Var(G_t | s, a) of pi, J and the on-policy Var(G), as exact.solve and
+    exact.vtrace_tilt (module docstring with mu = pi: W = Var(X | s,a), q_hat = W + Q^2,
+    Var(G) = E_{s0~d0} C_0 + Var_{s0~d0}(V_0))."""
     pi = _table(mdp, pi)
     Q, V, var_x, C = _backward(mdp, pi, pi, None, gamma)
     var, J = _target_variance(mdp, V, C)
-    return ExactJax(Q, V, var_x + Q**2, J, var)
+    return ExactJax(Q, V, var_x + Q**2, var_x, J, var)
 
 
 def behaviour_star_jax(pi, q_hat, floor: float = 0.0):
     """mu* ∝ pi sqrt(max(q_hat, floor)) (docs/algorithm.md eq. (1)), normalised over actions; pi itself
     where pi sqrt(.) is 0 for every action. floor = 0 is exact.behaviour_star (mu* is 0 where q_hat is
     0); floor = Q_HAT_FLOOR is bpo.py's target for mu (mu_target_discrete)."""
-    w = pi * jnp.sqrt(jnp.maximum(q_hat, floor))
+    return behaviour_jax(pi, q_hat, floor=floor)
+
+
+def _is(x, value) -> bool:
+    """x is the Python number `value` (not a traced array): a branch the program can take statically."""
+    return isinstance(x, (int, float)) and x == value
+
+
+def behaviour_jax(pi, tilt, beta=1.0, mix=1.0, floor: float = 0.0):
+    """exact.behaviour: (1 - mix) pi + mix mu_beta, mu_beta ∝ pi max(tilt, floor)^(beta/2) (pi where that
+    is 0 for every action); docs/algorithm.md eq. (18)-(19). beta and mix may be traced."""
+    tilt = jnp.maximum(tilt, floor)
+    w = pi * (jnp.sqrt(tilt) if _is(beta, 1) else tilt ** (beta / 2))  # 0^0 = 1: beta = 0 is pi
     z = w.sum(-1, keepdims=True)
-    return jnp.where(z > 0, w / jnp.where(z > 0, z, 1.0), pi)
+    tempered = jnp.where(z > 0, w / jnp.where(z > 0, z, 1.0), pi)
+    return (1 - mix) * pi + mix * tempered
 
 
 def visitation_jax(mdp: TabularMDP, pi) -> jax.Array:
@@ -182,16 +197,32 @@ def _ratio(x, var_pi):
     return jnp.where(var_pi > 0, x / jnp.where(var_pi > 0, var_pi, 1.0), jnp.nan)
 
 
-def probe_exact(mdp: TabularMDP, pi, mu, q_hat_learned, gamma, V=None) -> dict:
+def _kl(mu, target):
+    """KL(mu_t(.|s) || target_t(.|s)) [H, S]; inf where mu > 0 = target."""
+    safe = lambda x: jnp.where(x > 0, x, 1.0)  # noqa: E731
+    kl = jnp.where(mu > 0, mu * (jnp.log(safe(mu)) - jnp.log(safe(target))), 0.0).sum(-1)
+    return jnp.where((mu > 0) & (target == 0), jnp.inf, 0.0).sum(-1) + kl
+
+
+def probe_exact(
+    mdp: TabularMDP, pi, mu, q_hat_learned, gamma, V=None, target: str = "second-moment", beta=1.0, mix=1.0
+) -> dict:
     """The variance probe's exact columns (float32 scalars) for the tables pi, mu, q_hat_learned [H, S, A]
-    (q_hat in the environment's raw reward units, squared) and optionally a learned critic V [H, S].
+    (the learned q_hat head in the environment's raw reward units, squared: the second moment q_hat, or
+    W = Var(G | s, a) with target "vtrace") and optionally a learned critic V [H, S]; target, beta and
+    mix are the run's --mu-target, --mu-temper and --mu-mix (beta and mix may be traced).
     All are about the whole episode (H steps); var_pi = pi's on-policy Var(G), mu* ∝ pi sqrt(q_hat)
-    with pi's exact q_hat, d = pi's visitation (visitation_jax), and a ratio is nan where var_pi = 0:
+    with pi's exact q_hat, mu_V ∝ pi sqrt(U) with pi's exact U = (Q - V_pi)^2 + W (exact.vtrace_tilt,
+    the behaviour that suits the V-trace target), the run's exact target mu_target = (1 - mix) pi +
+    mix pi tilt^(beta/2) / Z with the exact tilt of `target` (q_hat or U) floored at Q_HAT_FLOOR = 1e-6
+    (what the run's mu would be with the exact tilt: exact.behaviour), d = pi's visitation
+    (visitation_jax), and a ratio is nan where var_pi = 0:
 
       probe_exact_ratio             is_variance(pi, mu) / var_pi: the learned mu against on-policy sampling
       probe_exact_ratio_opt         is_variance(pi, mu*) / var_pi, mu* with no floor (exact.behaviour_star:
                                     0 where q_hat = 0, which the IS estimate never needs)
-      q_hat_rel_error               sum_{t,s,a} d_t(s) pi_t(a|s) |q_hat_learned - q_hat| / sum d pi q_hat
+      q_hat_rel_error               sum_{t,s,a} d_t(s) pi_t(a|s) |q_hat_learned - x| / sum d pi x, x the exact
+                                    quantity the head fits: q_hat, or W with target "vtrace"
       kl_mu_opt                     sum_{t,s} d_t(s) KL(mu_t(.|s) || mu*_t(.|s)) / sum_{t,s} d_t(s): the KL
                                     per decision, averaged over the decisions pi's episodes make (/H when
                                     no episode ends early); mu* here is bpo.py's target for mu, q_hat
@@ -200,27 +231,45 @@ def probe_exact(mdp: TabularMDP, pi, mu, q_hat_learned, gamma, V=None) -> dict:
       probe_exact_vtrace_ratio_opt  vtrace_variance(pi, mu*, V_pi) / var_pi, mu* floored at 1e-6 (without
                                     the floor it is inf wherever mu* drops an action with V_t(s) != 0)
       probe_exact_vtrace_ratio_v    (only with V) vtrace_variance(pi, mu, V) / var_pi, the learned critic's
+      probe_exact_ratio_target      is_variance(pi, mu_target) / var_pi
+      probe_exact_vtrace_ratio_target  vtrace_variance(pi, mu_target, V_pi) / var_pi
+      kl_mu_target_exact            as kl_mu_opt, KL(mu || mu_target): how far the learned mu is from
+                                    what its configuration aims at (the tilt's error and, with
+                                    --mu-form network, the fit's)
+      probe_exact_ratio_vopt        is_variance(pi, mu_V) / var_pi (no floor)
+      probe_exact_vtrace_ratio_vopt vtrace_variance(pi, mu_V, V_pi) / var_pi (no floor: mu_V is 0 only where
+                                    the V-trace target never needs the action); at most 1
 
-    and probe_exact_var_pi = var_pi, probe_exact_J = J. A learned mu with mu = 0 < pi on an action
-    that matters (float32 softmax underflow) makes its ratios inf."""
+    and probe_exact_var_pi = var_pi, probe_exact_J = J. With the defaults (second moment, beta = mix = 1)
+    mu_target is mu* floored and the _target columns repeat kl_mu_opt and probe_exact_vtrace_ratio_opt
+    (probe_exact_ratio_target is probe_exact_ratio_opt with the floor). A learned mu with mu = 0 < pi
+    on an action that matters (float32 softmax underflow) makes its ratios inf."""
     pi, mu, q_hat_learned = _table(mdp, pi), _table(mdp, mu), _table(mdp, q_hat_learned)
     exact = solve_jax(mdp, pi, gamma)
+    u = exact.W + (exact.Q - exact.V[..., None]) ** 2
+    fitted, tilt = (exact.W, u) if target == "vtrace" else (exact.q_hat, exact.q_hat)
     mu_star = behaviour_star_jax(pi, exact.q_hat)
-    mu_target = behaviour_star_jax(pi, exact.q_hat, Q_HAT_FLOOR)
+    mu_star_floor = behaviour_star_jax(pi, exact.q_hat, Q_HAT_FLOOR)
+    mu_target = behaviour_jax(pi, tilt, beta, mix, Q_HAT_FLOOR)
+    mu_v = behaviour_jax(pi, u)
     d = visitation_jax(mdp, pi)
     weight = d[..., None] * pi
-    safe = lambda x: jnp.where(x > 0, x, 1.0)  # noqa: E731
-    kl = jnp.where(mu > 0, mu * (jnp.log(safe(mu)) - jnp.log(safe(mu_target))), 0.0).sum(-1)
-    kl = jnp.where((mu > 0) & (mu_target == 0), jnp.inf, 0.0).sum(-1) + kl  # pi = 0 < mu: mu_target = 0
+    is_ratio = lambda b: _ratio(is_variance_jax(mdp, pi, b, gamma), exact.var)  # noqa: E731
+    vtrace_ratio = lambda b: _ratio(vtrace_variance_jax(mdp, pi, b, gamma), exact.var)  # noqa: E731
     out = dict(
         probe_exact_J=exact.J,
         probe_exact_var_pi=exact.var,
-        probe_exact_ratio=_ratio(is_variance_jax(mdp, pi, mu, gamma), exact.var),
-        probe_exact_ratio_opt=_ratio(is_variance_jax(mdp, pi, mu_star, gamma), exact.var),
-        q_hat_rel_error=(weight * jnp.abs(q_hat_learned - exact.q_hat)).sum() / (weight * exact.q_hat).sum(),
-        kl_mu_opt=(d * kl).sum() / d.sum(),
-        probe_exact_vtrace_ratio=_ratio(vtrace_variance_jax(mdp, pi, mu, gamma), exact.var),
-        probe_exact_vtrace_ratio_opt=_ratio(vtrace_variance_jax(mdp, pi, mu_target, gamma), exact.var),
+        probe_exact_ratio=is_ratio(mu),
+        probe_exact_ratio_opt=is_ratio(mu_star),
+        q_hat_rel_error=(weight * jnp.abs(q_hat_learned - fitted)).sum() / (weight * fitted).sum(),
+        kl_mu_opt=(d * _kl(mu, mu_star_floor)).sum() / d.sum(),
+        probe_exact_vtrace_ratio=vtrace_ratio(mu),
+        probe_exact_vtrace_ratio_opt=vtrace_ratio(mu_star_floor),
+        probe_exact_ratio_target=is_ratio(mu_target),
+        probe_exact_vtrace_ratio_target=vtrace_ratio(mu_target),
+        kl_mu_target_exact=(d * _kl(mu, mu_target)).sum() / d.sum(),
+        probe_exact_ratio_vopt=is_ratio(mu_v),
+        probe_exact_vtrace_ratio_vopt=vtrace_ratio(mu_v),
     )
     if V is not None:
         out["probe_exact_vtrace_ratio_v"] = _ratio(vtrace_variance_jax(mdp, pi, mu, gamma, V), exact.var)
