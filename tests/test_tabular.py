@@ -244,14 +244,7 @@ def test_registered_ids_and_presets():
             }
             and preset["env_id"] == env_id
         )
-        assert set(bpo_preset) == {
-            "replay_size",
-            "fqe_minibatch_size",
-            "mu_minibatch_size",
-            "fqe_epochs",
-            "mu_epochs",
-            "q_hat_head",
-        }
+        assert set(bpo_preset) == {"replay_size", "fqe_minibatch_size", "mu_minibatch_size", "fqe_epochs", "mu_epochs"}
         assert set(preset) <= {f.name for f in dataclasses.fields(ppo.Args)}
         assert set(preset) | set(bpo_preset) <= {f.name for f in dataclasses.fields(bpo.Args)}
         batch = preset["num_envs"] * preset["num_steps"]

@@ -138,12 +138,11 @@ def test_fqe_finds_the_exact_q_with_terminations_and_truncations(deepsea):
 
 
 def test_q_hat_and_mu_find_the_exact_solution_on_deepsea():
-    """q_hat within 5% of the exact q_hat_t where pi goes (the preset's linear head: 0.06%; a
+    """q_hat within 5% of the exact q_hat_t where pi goes (with a linear head: 0.06%; the default
     softplus head stalls above the many q_hat near 0 and is 28% off), and mu within KL 1e-3 of
     mu* in the variance-weighted sense (5e-4; 3.6e-3 at this budget with the truncations above,
     which thin out the later steps' data)."""
-    _, _, args, mdp, t = frozen("tabular-deepsea-5", 100, probe=0)
-    assert args.q_hat_head == "linear"
+    _, _, args, mdp, t = frozen("tabular-deepsea-5", 100, probe=0, q_hat_head="linear")
     solution = exact.solve(mdp, t["pi"], args.gamma)
     error = visited_error(mdp, t["pi"], t["q_hat"], solution.q_hat)
     assert error < 0.05, error
@@ -166,10 +165,8 @@ def sampled_against_exact(trained, calls=5):
 
 
 def test_the_sampled_probe_matches_the_exact_ratio_on_deepsea(deepsea):
-    """mu cuts the variance 35-fold here, so its importance weights are heavy-tailed and the
-    sampled variance converges slowly: 14% off after 100k segments, 5% after 400k, 1% after 800k."""
-    sampled, exact_ratio = sampled_against_exact(deepsea, calls=40)
-    assert exact_ratio < 0.1  # mu cuts the variance of the IS estimate many-fold
+    sampled, exact_ratio = sampled_against_exact(deepsea)
+    assert exact_ratio < 0.2  # mu cuts the variance of the IS estimate several-fold
     assert abs(sampled / exact_ratio - 1) < 0.1
 
 

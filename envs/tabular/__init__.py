@@ -367,10 +367,8 @@ PRESETS: dict[str, dict] = {
     ),
 }
 # The BPO phases (bpo.py, bpo_traj.py), cut like cartpole_ppo's: a replay buffer of 4 rollouts, FQE
-# minibatches of a quarter of it and mu minibatches of an eighth, 10 passes each. q_hat's head is
-# linear: most of the (s, t, a) here have a q_hat near 0 (no reward ahead), where a softplus head's
-# gradient vanishes and q_hat stalls high (DeepSea-5, pi frozen: 28% off with softplus, 0.06% linear).
-_PHASES = dict(fqe_epochs=10, mu_epochs=10, q_hat_head="linear")
+# minibatches of a quarter of it and mu minibatches of an eighth, 10 passes each.
+_PHASES = dict(fqe_epochs=10, mu_epochs=10)
 BPO_PRESETS: dict[str, dict] = {
     "tabular-sparse": dict(replay_size=1280, fqe_minibatch_size=320, mu_minibatch_size=160, **_PHASES),
     "tabular-constant": dict(replay_size=1024, fqe_minibatch_size=256, mu_minibatch_size=128, **_PHASES),
