@@ -1418,7 +1418,7 @@ def validate(args: Args) -> None:
         if getattr(args, name) < 0:
             raise runner.ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     for name in ("clip_rho", "clip_c"):
-        runner.check_range(args, name, lo=0.0, lo_open=True)
+        runner.check_range(args, name, lo=0.0, lo_open=True, inf_ok=True)  # inf: no truncation
     runner.check_range(args, "polyak_tau", lo=0.0, hi=1.0)
     if args.variance_probe == 1 or args.variance_probe < 0:
         raise runner.ConfigError(f"--variance-probe must be 0 (off) or at least 2 segments, got {args.variance_probe}")

@@ -31,6 +31,7 @@ import dataclasses
 import datetime
 import itertools
 import json
+import math
 import os
 import resource
 import shutil
@@ -38,6 +39,7 @@ import signal
 import sys
 import tempfile
 import time
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import flax.serialization
@@ -90,6 +92,9 @@ OUTPUT_FOLDERS = ("checkpoints", "tb")
 EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
 
 
+MAX_LEARNING_RATE = 1.0  # a larger --learning-rate is an error, not a run
+
+
 class ConfigError(ValueError):
     """Bad input, reported as one line before anything is compiled."""
 
@@ -100,7 +105,8 @@ class RunArgs:
     script's `Args` inherits them and adds its hyperparameters (tyro lists these first)."""
 
     preset: tuple[str, ...] = ()
-    """named presets applied in order before any other flag (see PRESETS; docs/presets.md); later flags override them"""
+    """named presets applied in order before any other flag (--help lists them first; docs/presets.md); later flags
+    override them"""
     env_id: str = "CartPole-v1"
     """environment id: gymnax (CartPole-v1, Pendulum-v1, ...), Brax (ant, hopper, ...), Playground
     (CheetahRun, ...) or a tabular MDP (tabular-deepsea-8, ...)"""
@@ -182,7 +188,12 @@ def parse_args(args_type, presets: dict[str, dict], suite_presets: dict[str, lis
                 f"{known.env_id} is a {suite.title()} task: using --preset {' '.join(names)} (pass --preset to choose)"
             )
     default = apply_presets(args_type(), presets, names)
-    return tyro.cli(args_type, args=argv, default=default, description=description)
+    return tyro.cli(args_type, args=argv, default=default, description=with_presets(description, presets))
+
+
+def with_presets(description: str, presets: dict[str, dict]) -> str:
+    """The script's docstring, and the names --preset takes (what `--help` prints first)."""
+    return f"{description.rstrip()}\n\npresets (--preset NAME ...; docs/presets.md): {', '.join(presets)}\n"
 
 
 RESUME_MAY_CHANGE = (
@@ -243,9 +254,12 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def check_range(args, name: str, lo=None, hi=None, lo_open=False, hi_open=False) -> None:
-    """One flag's domain, lo <= value <= hi (strict where *_open); a one-line error naming it."""
+def check_range(args, name: str, lo=None, hi=None, lo_open=False, hi_open=False, inf_ok=False) -> None:
+    """One flag's domain, lo <= value <= hi (strict where *_open), and finite unless `inf_ok` (where
+    inf has a meaning: no clipping); a one-line error naming it. nan is never in a domain."""
     v = getattr(args, name)
+    if isinstance(v, float) and not math.isfinite(v) and not (inf_ok and v == math.inf):
+        raise ConfigError(f"{_flag(name)} must be a finite number, got {v}")
     if (lo is None or (v > lo if lo_open else v >= lo)) and (hi is None or (v < hi if hi_open else v <= hi)):
         return
     if lo == 0 and hi is None:
@@ -276,8 +290,10 @@ def validate(args) -> None:
     for name in ("max_episode_steps", "noise_hold_steps", "checkpoint_every"):
         if getattr(args, name) < 0:
             raise ConfigError(f"{_flag(name)} must be >= 0, got {getattr(args, name)}")
-    for name in ("learning_rate", "max_grad_norm", "adam_eps"):
-        check_range(args, name, lo=0.0, lo_open=True)
+    # Adam moves each parameter by about the learning rate per step: above 1 no network trains.
+    check_range(args, "learning_rate", lo=0.0, hi=MAX_LEARNING_RATE, lo_open=True)
+    check_range(args, "max_grad_norm", lo=0.0, lo_open=True, inf_ok=True)  # inf: no clipping
+    check_range(args, "adam_eps", lo=0.0, lo_open=True)
     for name in ("gamma", "gae_lambda"):
         check_range(args, name, lo=0.0, hi=1.0)
     for name in ("clip_coef", "ent_coef", "vf_coef"):
@@ -389,11 +405,14 @@ def plot_curves(rows: list[dict], sweep: Sweep, path: str, title: str) -> None:
                 )
         curves = np.array([[s.get(x, np.nan) for x in steps] for s in by_seed.values()])
         label = f"{member_label(member)}: " if member else ""
-        (line,) = ax.plot(steps, np.nanmean(curves, 0), label=f"{label}mean over {len(curves)} seeds")
+        with warnings.catch_warnings():  # steps at which every seed had diverged: no point, no warning
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean, low, high = np.nanmean(curves, 0), np.nanmin(curves, 0), np.nanmax(curves, 0)
+        (line,) = ax.plot(steps, mean, label=f"{label}mean over {len(curves)} seeds")
         ax.fill_between(
             steps,
-            np.nanmin(curves, 0),
-            np.nanmax(curves, 0),
+            low,
+            high,
             color=line.get_color(),
             alpha=0.2,
             label=None if member else "min-max over seeds",
@@ -553,6 +572,9 @@ def parse_sweep(args, sweepable: tuple[str, ...], validate_args: Callable) -> Sw
         return Sweep((), [{}])
     fields = {f.name: f.type for f in dataclasses.fields(args)}
     listing = f"the keys that can be swept: {', '.join(sweepable)}"
+    if tuple(args.sweep) == ("help",):  # `--sweep help`: the list, and nothing run
+        print(f"--sweep KEY=V1,V2,... [KEY=V1,V2,...]: {listing}")
+        raise SystemExit(0)
     grid: dict[str, list] = {}
     for item in args.sweep:
         key, sep, values = item.partition("=")
@@ -785,6 +807,10 @@ def plan_run(args, algo, validate_args, make_train, metric_columns, sweepable) -
             "supported across hosts yet; pass --checkpoint-every 0"
         )
     lead = ("member", *(f"sweep.{k}" for k in sweep.keys)) if sweep.keys else ()  # metrics may share a key's name
+    trainer = make_train(args, env)
+    note = rounding_note(args, trainer)
+    if note:
+        print(note)
     return Plan(
         args,
         algo,
@@ -795,13 +821,30 @@ def plan_run(args, algo, validate_args, make_train, metric_columns, sweepable) -
         names=[f"{k}/{s}" if sweep.keys else str(s) for k, s in runs],
         place=Placement(run_devices(args.num_devices, len(runs)), len(runs)),
         hp=hp,
-        trainer=make_train(args, env),
+        trainer=trainer,
         init=init,
         program=program,
         batch=args.num_envs * args.num_steps,
         metric_columns=tuple(metric_columns),
         columns=lead + tuple(metric_columns) + ("diverged",),
     )
+
+
+def rounding_note(args, trainer) -> str | None:
+    """A run trains whole rollouts of num_envs x num_steps steps: a line saying how the budget and
+    the evaluation interval were rounded, or None where neither was."""
+    batch = args.num_envs * args.num_steps
+    rounded = [
+        f"{_flag(name)} {given:,} -> {kept:,}"
+        for name, given, kept in (
+            ("total_timesteps", args.total_timesteps, trainer.num_iterations * batch),
+            ("eval_every", args.eval_every, trainer.iters_per_interval * batch),
+        )
+        if given != kept
+    ]
+    if not rounded:
+        return None
+    return f"the run trains whole rollouts of {batch:,} steps (--num-envs x --num-steps): {', '.join(rounded)}"
 
 
 def output_folder(plan: Plan) -> str:
@@ -1102,16 +1145,20 @@ def write_outputs(out, plan: Plan, state, rows, progress, compile_seconds, check
         elif last:
             print(f"{lead}{s:>6} {last[i]['eval_return']:>18.2f} {last[i]['train_return']:>19.2f}")
     for k, member in enumerate(sweep.members if sweep.keys else []):
-        print(
-            f"member {k} ({member_label(member)}): mean final eval return {means[k]:.2f} over {counts[k]} of "
-            f"{len(seeds)} seeds"
-        )
-    mean = "" if sweep.keys else f"mean final eval return {means[0]} over {counts[0]} of {len(seeds)} seeds | "
+        print(f"member {k} ({member_label(member)}): {final_mean_text(means[k], counts[k], len(seeds))}")
+    mean = "" if sweep.keys else f"{final_mean_text(means[0], counts[0], len(seeds))} | "
     print(
         f"\n{mean}{summary['env_steps_per_second']:,.0f} env steps/s | compile {compile_seconds:.1f}s | "
         f"train {train_seconds:.1f}s | peak memory {summary['peak_memory_mb']:.0f} MB\noutputs in {out}"
     )
     return summary
+
+
+def final_mean_text(mean: float | None, count: int, num_seeds: int) -> str:
+    """The closing table's mean final eval return, rounded; where every seed diverged, said so."""
+    if mean is None:
+        return f"no final eval return: every seed diverged (0 of {num_seeds} seeds)"
+    return f"mean final eval return {mean:.2f} over {count} of {num_seeds} seeds"
 
 
 def main(parse: Callable, run_fn: Callable, argv=None) -> None:
