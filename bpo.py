@@ -1399,8 +1399,13 @@ SWEEPABLE = (
 )
 
 
+# Flags added after runs of this script were made, and the value such a run behaved as: its
+# config.json lacks them, and --resume fills them in (runner.resumed_args).
+OLD_RUN_VALUES = dict(freeze_pi=False, variance_reward="reference")
+
+
 def parse_args(argv: list[str] | None = None) -> Args:
-    return runner.parse_args(Args, PRESETS, SUITE_PRESETS, argv, __doc__)
+    return runner.parse_args(Args, PRESETS, SUITE_PRESETS, argv, __doc__, OLD_RUN_VALUES)
 
 
 def validate(args: Args) -> None:

@@ -162,12 +162,20 @@ def apply_presets(args, presets: dict[str, dict], names) -> Any:
     return dataclasses.replace(args, preset=tuple(names))
 
 
-def parse_args(args_type, presets: dict[str, dict], suite_presets: dict[str, list[str]], argv, description: str):
+def parse_args(
+    args_type,
+    presets: dict[str, dict],
+    suite_presets: dict[str, list[str]],
+    argv,
+    description: str,
+    old_run_values: dict | None = None,
+):
     """Presets first (their values become the defaults `--help` shows), then every other flag.
     A Brax or Playground env id given without --preset gets `suite_presets["brax"]` or
     `suite_presets["playground"]` (CartPole settings would not do). With --resume DIR, the run's
     saved configuration is the default instead, and no flag may change it but a larger
-    --total-timesteps (and --checkpoint-every, --tensorboard)."""
+    --total-timesteps (and --checkpoint-every, --tensorboard); `old_run_values` fills in the flags
+    added since (see resumed_args)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", nargs="*", default=None)
@@ -175,7 +183,7 @@ def parse_args(args_type, presets: dict[str, dict], suite_presets: dict[str, lis
     pre.add_argument("--resume", default=None)
     known = pre.parse_known_args(argv)[0]
     if known.resume is not None:
-        return resumed_args(args_type, known.resume, argv, description)
+        return resumed_args(args_type, known.resume, argv, with_presets(description, presets), old_run_values)
     names = known.preset
     if names is None and known.env_id in presets:  # a tabular id: the preset of its name
         names = [known.env_id]
@@ -207,17 +215,34 @@ RESUME_MAY_CHANGE = (
 )
 
 
-def resumed_args(args_type, folder: str, argv, description: str):
+def resumed_args(args_type, folder: str, argv, description: str, old_run_values: dict | None = None):
     """The configuration saved in folder/config.json, with the flags given; a one-line error for a
-    flag that would change the run."""
+    flag that would change the run.
+
+    A flag added to the script after the run was made is missing from its config.json:
+    `old_run_values` ({field: the value runs made before it existed behaved as}) fills it in, so
+    the run goes on as it was made, and where that is not today's default one line says so. A
+    missing flag not in the table, or a saved one the script no longer has, is refused."""
     path = os.path.join(folder, "config.json")
     if not os.path.isfile(path):
         raise ConfigError(f"--resume {folder!r}: no config.json there (is it the output folder of a run?)")
-    with open(path) as f:
-        config = json.load(f)
-    saved, fields = config["args"], {f.name for f in dataclasses.fields(args_type)}
-    if set(saved) != fields:
-        differ = sorted(set(saved) ^ fields)
+    try:
+        with open(path) as f:
+            config = json.load(f)
+        saved = dict(config["args"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"--resume {folder!r}: its config.json cannot be read ({type(e).__name__}: {e})") from None
+    fields = {f.name: f for f in dataclasses.fields(args_type)}
+    for name, value in (old_run_values or {}).items():
+        if name in fields and name not in saved:
+            saved[name] = value
+            if value != fields[name].default:
+                print(
+                    f"--resume {folder}: the run predates {_flag(name)}, so it goes on as it was made, with "
+                    f"{_flag(name)} {value} (a new run's default is {fields[name].default})"
+                )
+    if set(saved) != set(fields):
+        differ = sorted(set(saved) ^ set(fields))
         raise ConfigError(
             f"--resume {folder!r}: a run of {config['algo']}.py, whose flags differ from this "
             f"script's ({', '.join(differ[:4])}{', ...' if len(differ) > 4 else ''})"
@@ -225,7 +250,7 @@ def resumed_args(args_type, folder: str, argv, description: str):
     saved = args_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
     saved = dataclasses.replace(saved, resume=folder, output_dir=folder)
     args = tyro.cli(args_type, args=argv, default=saved, description=description)
-    for name in sorted(fields - set(RESUME_MAY_CHANGE)):
+    for name in sorted(set(fields) - set(RESUME_MAY_CHANGE)):
         if getattr(args, name) != getattr(saved, name):
             raise ConfigError(
                 f"--resume: {_flag(name)} {getattr(args, name)} differs from the run's "

@@ -128,3 +128,30 @@ def test_resume_refuses_changes_and_extends(tmp_path, capsys):
     after = open(os.path.join(out, "metrics.csv")).readlines()
     assert after[: len(before)] == before and len(after) == len(before) + 2 * 10
     assert summary["completed"] and summary["env_steps"] == 3840
+
+
+@pytest.mark.parametrize("module_name", ["bpo", "bpo_traj"])
+def test_a_run_made_before_a_flag_existed_resumes_as_it_was_made(module_name, tmp_path, capsys):
+    """A config.json written before --freeze-pi and --variance-reward existed: each is filled in with
+    the behaviour of the old code (OLD_RUN_VALUES); where that is not today's default the run goes
+    on with the old behaviour and one line says so. A missing flag not in the table is refused."""
+    import dataclasses
+
+    module = __import__(module_name)
+    args = dataclasses.asdict(module.Args())
+    old = {k: v for k, v in args.items() if k not in ("freeze_pi", "variance_reward")}
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump(dict(algo=module_name, args=old, versions={}), f)
+    resumed = module.parse_args(["--resume", str(tmp_path)])
+    assert resumed.variance_reward == "reference" and resumed.freeze_pi is False
+    assert capsys.readouterr().out.splitlines() == [
+        f"--resume {tmp_path}: the run predates --variance-reward, so it goes on as it was made, with "
+        "--variance-reward reference (a new run's default is unbiased)"
+    ]
+    with pytest.raises(runner.ConfigError, match="--variance-reward unbiased differs from the run's reference"):
+        module.parse_args(["--resume", str(tmp_path), "--variance-reward", "unbiased"])
+    del old["clip_c"]
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump(dict(algo=module_name, args=old, versions={}), f)
+    with pytest.raises(runner.ConfigError, match=r"flags differ from this script's \(clip_c\)"):
+        module.parse_args(["--resume", str(tmp_path)])
