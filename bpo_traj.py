@@ -35,6 +35,8 @@ from the host.
 
 from __future__ import annotations
 
+import runner  # isort: skip (first: a Ctrl-C during the imports below is one line, not a traceback)
+
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -45,7 +47,6 @@ import numpy as np
 import optax
 
 import envs
-import runner
 import training
 from envs.tabular.exact_jax import policy_tables, probe_exact
 
