@@ -170,5 +170,7 @@ def test_overwrite_removes_the_previous_runs_outputs(tmp_path):
     for name in runner.OUTPUT_FILES + ("notes.txt",):
         (tmp_path / name).write_text("old")
     args = ppo.Args(output_dir=str(tmp_path), overwrite=True)
-    assert runner.prepare_output_dir(args, "ppo") == str(tmp_path)
+    folder = runner.prepare_output_dir(args, "ppo")
+    assert folder.path == str(tmp_path) and sorted(os.listdir(tmp_path)) == [runner.LOCK_FILE, "notes.txt"]
+    folder.release()
     assert os.listdir(tmp_path) == ["notes.txt"]
