@@ -113,7 +113,10 @@ def test_ctrl_c_while_the_modules_import_is_one_line(tmp_path):
     proc.send_signal(signal.SIGINT)
     output = proc.communicate(timeout=60)[0]
     assert proc.returncode == 130, output
-    assert output.splitlines()[-1:] == ["ppo.py: SIGINT before training began: nothing written"], output
+    assert output.splitlines()[-1] in (
+        "ppo.py: SIGINT before training began: nothing written",  # while importing (here, always)
+        "SIGINT before training began: nothing computed, nothing written",  # on a machine fast enough
+    ), output
     assert "Traceback" not in output and not out.exists()
 
 
@@ -130,7 +133,7 @@ def test_ctrl_c_while_compiling_leaves_nothing_and_no_crash(signals, tmp_path):
         line = proc.stdout.readline()
         assert line, "".join(lines)
         lines.append(line)
-    time.sleep(0.3)
+    time.sleep(0.1)  # (the seeds' initial states compile, then the program: seconds without a cache)
     for _ in range(signals):
         proc.send_signal(signal.SIGINT)
         time.sleep(0.2)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import jax
+import numpy as np
 import pytest
 
 import bpo
@@ -240,6 +242,29 @@ def test_a_damaged_checkpoint_is_named_and_the_newest_intact_one_restored(
     assert sorted(os.listdir(copy / "checkpoints")) == ["10", "15"] and os.listdir(copy / "checkpoints-damaged") == [
         "20"
     ]
+
+
+def test_a_checkpoint_from_before_checksums_is_restored_with_a_warning(initial_state, tmp_path, capsys):
+    """A week-long run checkpointed by the code before checksums still resumes, unverified, and says so."""
+    import orbax.checkpoint as ocp
+
+    plan, state = initial_state
+    progress = dict(done_iters=7, num_rows=14, diverged={}, train_seconds=1.0, checkpoint_seconds=[0.1])
+    manager = runner.checkpoint_manager(str(tmp_path))
+    manager.save(
+        7,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(runner._without_empty(state)), meta=ocp.args.JsonSave(progress)
+        ),
+    )
+    manager.wait_until_finished()
+    manager.close()
+    restored, meta = runner.restore_checkpoint(str(tmp_path), state)
+    assert (
+        meta == progress and "warning: checkpoint 7 predates checksums: restored unverified" in capsys.readouterr().err
+    )
+    for x, y in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_a_resume_past_a_flipped_bit_is_the_uninterrupted_run(checkpointed, tmp_path, capsys):
