@@ -35,6 +35,7 @@ import csv
 import dataclasses
 import datetime
 import fcntl
+import gc
 import glob
 import hashlib
 import itertools
@@ -803,29 +804,48 @@ def restore_checkpoint(out: str, like):
     none is, a one-line error. Never a silently different run."""
     manager = checkpoint_manager(out)
     try:
-        steps = sorted(manager.all_steps(), reverse=True)
-        if not steps:
-            raise ConfigError(f"--resume: no checkpoint in {manager.directory}")
-        damaged: dict[int, DamagedCheckpoint] = {}
-        for step in steps:
-            try:
-                state, meta = _restore_verified(manager, step, like)
-            except DamagedCheckpoint as e:
-                damaged[step] = e
-                continue
-            for bad, e in damaged.items():
-                print(f"warning: checkpoint {bad} in {manager.directory} is damaged ({e})", file=sys.stderr)
-            if damaged:
-                aside = move_aside(out, list(damaged))
-                print(f"resuming from checkpoint {step}, the newest intact one (the damaged ones are now in {aside})")
-            return state, meta
-        raise ConfigError(
-            f"--resume {out!r}: no intact checkpoint: "
-            + ", ".join(f"{step} ({e.args[0]})" for step, e in damaged.items())
-        )
+        with _unraisable_dropped():
+            return _newest_intact(manager, out, like)
     finally:
         with contextlib.suppress(Exception):
             manager.close()
+
+
+def _newest_intact(manager, out: str, like):
+    """restore_checkpoint's search, newest first."""
+    steps = sorted(manager.all_steps(), reverse=True)
+    if not steps:
+        raise ConfigError(f"--resume: no checkpoint in {manager.directory}")
+    damaged: dict[int, DamagedCheckpoint] = {}
+    for step in steps:
+        try:
+            state, meta = _restore_verified(manager, step, like)
+        except DamagedCheckpoint as e:
+            damaged[step] = e
+            continue
+        for bad, e in damaged.items():
+            print(f"warning: checkpoint {bad} in {manager.directory} is damaged ({e})", file=sys.stderr)
+        if damaged:
+            aside = move_aside(out, list(damaged))
+            print(f"resuming from checkpoint {step}, the newest intact one (the damaged ones are now in {aside})")
+        return state, meta
+    raise ConfigError(
+        f"--resume {out!r}: no intact checkpoint: " + ", ".join(f"{step} ({e.args[0]})" for step, e in damaged.items())
+    )
+
+
+@contextlib.contextmanager
+def _unraisable_dropped():
+    """A read that fails inside orbax leaves coroutines and tensorstore callbacks behind, which print
+    a traceback each ("Exception ignored in ...") when they end or are collected: collected here,
+    with those messages dropped; the failure itself is reported in one line."""
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        yield
+    finally:
+        gc.collect()
+        sys.unraisablehook = hook
 
 
 def _restore_verified(manager, step: int, like):
