@@ -39,6 +39,8 @@ from the host.
 
 from __future__ import annotations
 
+import runner  # isort: skip (first: a Ctrl-C during the imports below is one line, not a traceback)
+
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -49,7 +51,6 @@ import numpy as np
 import optax
 
 import envs
-import runner
 import training
 from envs.tabular.exact_jax import policy_tables, probe_exact
 
@@ -1640,8 +1641,13 @@ SWEEPABLE = (
 )
 
 
+# Flags added after runs of this script were made, and the value such a run behaved as: its
+# config.json lacks them, and --resume fills them in (runner.resumed_args).
+OLD_RUN_VALUES = dict(freeze_pi=False, variance_reward="reference")
+
+
 def parse_args(argv: list[str] | None = None) -> Args:
-    return runner.parse_args(Args, PRESETS, SUITE_PRESETS, argv, __doc__)
+    return runner.parse_args(Args, PRESETS, SUITE_PRESETS, argv, __doc__, OLD_RUN_VALUES)
 
 
 def validate(args: Args) -> None:
@@ -1659,7 +1665,7 @@ def validate(args: Args) -> None:
         if getattr(args, name) < 0:
             raise runner.ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     for name in ("clip_rho", "clip_c"):
-        runner.check_range(args, name, lo=0.0, lo_open=True)
+        runner.check_range(args, name, lo=0.0, lo_open=True, inf_ok=True)  # inf: no truncation
     runner.check_range(args, "polyak_tau", lo=0.0, hi=1.0)
     for name in ("mu_temper", "mu_mix"):
         runner.check_range(args, name, lo=0.0, hi=1.0)

@@ -19,6 +19,8 @@ program; runner.py drives it from the host in intervals of `--eval-every` enviro
 
 from __future__ import annotations
 
+import runner  # isort: skip (first: a Ctrl-C during the imports below is one line, not a traceback)
+
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -29,7 +31,6 @@ import numpy as np
 import optax
 
 import envs
-import runner
 import training
 
 runner.configure_jax()  # jax's CPU compilation options (runner.py); no effect on other platforms

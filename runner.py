@@ -9,12 +9,17 @@ Everything that is not the algorithm lives here, once:
 - the run (`run`): the output folder, `config.json`, the seeds' initial states, compiling the
   vmapped `train_interval` once, calling it once per evaluation interval, `metrics.csv` rows as they
   arrive, progress lines, TensorBoard, `summary.json`, `params.msgpack` and `curves.png`;
-- long runs: checkpoints of the complete training state with orbax-checkpoint, exact resume, and a
-  per-seed divergence guard (a seed that goes non-finite is frozen and flagged, the others train
-  on with exactly the numbers they would have had);
+- long runs: checkpoints of the complete training state with orbax-checkpoint, each with a
+  checksum of every array, verified on restore (a damaged one is set aside for the newest intact
+  one), exact resume, and a per-seed divergence guard (a seed that goes non-finite is frozen and
+  flagged, the others train on with exactly the numbers they would have had; once every seed
+  has, the run stops);
+- the output folder, owned by one process at a time (a lock file); a write that fails (a full
+  disk) stops the run at once with whole files and the command that resumes it;
 - interruption: Ctrl-C (SIGINT) or SIGTERM stop the run at the end of the interval in flight, save
   a checkpoint, and every output then describes the same, last completed interval; the process
-  exits non-zero with the command that resumes it;
+  exits non-zero with the command that resumes it; before training begins, a signal ends the
+  run at once and keeps nothing;
 - the flags that control a run rather than the algorithm (`RunArgs`, which each script's `Args`
   inherits), and jax's CPU compilation options (`configure_jax`, which each script calls).
 
@@ -29,24 +34,56 @@ import contextlib
 import csv
 import dataclasses
 import datetime
+import fcntl
+import gc
+import glob
+import hashlib
 import itertools
 import json
+import math
 import os
+import re
 import resource
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
+import warnings
 from typing import Any, Callable, NamedTuple
 
-import flax.serialization
-import jax
-import jax.numpy as jnp
-import numpy as np
-import tyro
+EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
+SCRIPTS = ("ppo.py", "bpo.py", "bpo_traj.py")  # the scripts whose entry point is main()
+_AS_SCRIPT = False  # set by main(): this process is one of SCRIPTS
 
-import envs
+
+def _interrupted_while_starting(signum, frame) -> None:
+    """Ctrl-C or SIGTERM before a run has begun (the imports, the checks): one line, exit 130.
+    Nothing is computed or written yet, so the process ends at once (os._exit: a Python exception
+    raised in the middle of an import or of jax's tracing would print pages of traceback)."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "run"
+    os.write(2, f"{name}: {signal.Signals(signum).name} before training began: nothing written\n".encode())
+    os._exit(EXIT_INTERRUPTED)
+
+
+# The scripts import this module before anything else (jax's import alone takes a second): from
+# here on, and until run() takes over, a signal is that one line. Only when a script is the
+# program: a session that imports the scripts (tests, notebooks) keeps Python's KeyboardInterrupt.
+_main_file = getattr(sys.modules.get("__main__"), "__file__", None) or ""
+if os.path.basename(_main_file) in SCRIPTS and os.path.dirname(os.path.abspath(_main_file)) == os.path.dirname(
+    os.path.abspath(__file__)
+):
+    for _signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signal, _interrupted_while_starting)
+
+import flax.serialization  # noqa: E402 (after the handler above: these imports take a second or more)
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import tyro  # noqa: E402
+
+import envs  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
 # jax's CPU compilation options, set by each script's call of configure_jax()
@@ -86,8 +123,20 @@ def configure_jax() -> None:
 
 
 OUTPUT_FILES = ("config.json", "metrics.csv", "summary.json", "params.msgpack", "curves.png", "eval.json")
-OUTPUT_FOLDERS = ("checkpoints", "tb", "videos")  # eval.json, videos/: evaluate.py's, --capture-video's
-EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
+OUTPUT_FOLDERS = (
+    "checkpoints",
+    "checkpoints-damaged",
+    "tb",
+    "videos",
+)  # eval.json, videos/: evaluate.py's, --capture-video's
+LOCK_FILE = ".lock"  # held by the process that writes into the folder (pid, host, start)
+# Exit codes besides 0: 1 bad input or a refused folder (one line, nothing compiled), 3 every seed
+# diverged (the run stopped there), 4 an output could not be written (a full disk), 130 interrupted.
+EXIT_DIVERGED = 3
+EXIT_WRITE_FAILED = 4
+
+
+MAX_LEARNING_RATE = 1.0  # a larger --learning-rate is an error, not a run
 
 
 class ConfigError(ValueError):
@@ -100,7 +149,8 @@ class RunArgs:
     script's `Args` inherits them and adds its hyperparameters (tyro lists these first)."""
 
     preset: tuple[str, ...] = ()
-    """named presets applied in order before any other flag (see PRESETS; docs/presets.md); later flags override them"""
+    """named presets applied in order before any other flag (--help lists them first; docs/presets.md); later flags
+    override them"""
     env_id: str = "CartPole-v1"
     """environment id: gymnax (CartPole-v1, Pendulum-v1, ...), Brax (ant, hopper, ...), Playground
     (CheetahRun, ...) or a tabular MDP (tabular-deepsea-8, ...)"""
@@ -122,10 +172,12 @@ class RunArgs:
     """save a checkpoint of every seed's complete training state every this many evaluation
     intervals, at the end, and when stopped by Ctrl-C or SIGTERM (the latest 3 are kept); 0: never"""
     resume: str | None = None
-    """continue the run in this output folder from its latest checkpoint, with its saved
-    configuration: no other flag may change it, but a larger --total-timesteps extends it"""
+    """continue the run in this output folder from its newest intact checkpoint, with its saved
+    configuration: no other flag may change it, but a larger --total-timesteps extends it (the
+    annealed schedules then go on as if laid over the new total from the start)"""
     tensorboard: bool = False
-    """also write every metric of every seed, and their means, to <output-dir>/tb (tensorboardX)"""
+    """also write every metric of every seed, and their means, to <output-dir>/tb (tensorboardX; to
+    view them: pip install tensorboard, then tensorboard --logdir runs)"""
     capture_video: bool = False
     """at the end of training, a video of the first seed's deterministic pi (the first episode of its
     last evaluation) in <output-dir>/videos/, named by env steps, and in TensorBoard with --tensorboard"""
@@ -161,12 +213,20 @@ def apply_presets(args, presets: dict[str, dict], names) -> Any:
     return dataclasses.replace(args, preset=tuple(names))
 
 
-def parse_args(args_type, presets: dict[str, dict], suite_presets: dict[str, list[str]], argv, description: str):
+def parse_args(
+    args_type,
+    presets: dict[str, dict],
+    suite_presets: dict[str, list[str]],
+    argv,
+    description: str,
+    old_run_values: dict | None = None,
+):
     """Presets first (their values become the defaults `--help` shows), then every other flag.
     A Brax or Playground env id given without --preset gets `suite_presets["brax"]` or
     `suite_presets["playground"]` (CartPole settings would not do). With --resume DIR, the run's
     saved configuration is the default instead, and no flag may change it but a larger
-    --total-timesteps (and --checkpoint-every, --tensorboard)."""
+    --total-timesteps (and --checkpoint-every, --tensorboard); `old_run_values` fills in the flags
+    added since (see resumed_args)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", nargs="*", default=None)
@@ -174,7 +234,7 @@ def parse_args(args_type, presets: dict[str, dict], suite_presets: dict[str, lis
     pre.add_argument("--resume", default=None)
     known = pre.parse_known_args(argv)[0]
     if known.resume is not None:
-        return resumed_args(args_type, known.resume, argv, description)
+        return resumed_args(args_type, known.resume, argv, with_presets(description, presets), old_run_values)
     names = known.preset
     if names is None and known.env_id in presets:  # a tabular id: the preset of its name
         names = [known.env_id]
@@ -187,7 +247,12 @@ def parse_args(args_type, presets: dict[str, dict], suite_presets: dict[str, lis
                 f"{known.env_id} is a {suite.title()} task: using --preset {' '.join(names)} (pass --preset to choose)"
             )
     default = apply_presets(args_type(), presets, names)
-    return tyro.cli(args_type, args=argv, default=default, description=description)
+    return tyro.cli(args_type, args=argv, default=default, description=with_presets(description, presets))
+
+
+def with_presets(description: str, presets: dict[str, dict]) -> str:
+    """The script's docstring, and the names --preset takes (what `--help` prints first)."""
+    return f"{description.rstrip()}\n\npresets (--preset NAME ...; docs/presets.md): {', '.join(presets)}\n"
 
 
 RESUME_MAY_CHANGE = (
@@ -203,17 +268,34 @@ RESUME_MAY_CHANGE = (
 )
 
 
-def resumed_args(args_type, folder: str, argv, description: str):
+def resumed_args(args_type, folder: str, argv, description: str, old_run_values: dict | None = None):
     """The configuration saved in folder/config.json, with the flags given; a one-line error for a
-    flag that would change the run."""
+    flag that would change the run.
+
+    A flag added to the script after the run was made is missing from its config.json:
+    `old_run_values` ({field: the value runs made before it existed behaved as}) fills it in, so
+    the run goes on as it was made, and where that is not today's default one line says so. A
+    missing flag not in the table, or a saved one the script no longer has, is refused."""
     path = os.path.join(folder, "config.json")
     if not os.path.isfile(path):
         raise ConfigError(f"--resume {folder!r}: no config.json there (is it the output folder of a run?)")
-    with open(path) as f:
-        config = json.load(f)
-    saved, fields = config["args"], {f.name for f in dataclasses.fields(args_type)}
-    if set(saved) != fields:
-        differ = sorted(set(saved) ^ fields)
+    try:
+        with open(path) as f:
+            config = json.load(f)
+        saved = dict(config["args"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"--resume {folder!r}: its config.json cannot be read ({type(e).__name__}: {e})") from None
+    fields = {f.name: f for f in dataclasses.fields(args_type)}
+    for name, value in (old_run_values or {}).items():
+        if name in fields and name not in saved:
+            saved[name] = value
+            if value != fields[name].default:
+                print(
+                    f"--resume {folder}: the run predates {_flag(name)}, so it goes on as it was made, with "
+                    f"{_flag(name)} {value} (a new run's default is {fields[name].default})"
+                )
+    if set(saved) != set(fields):
+        differ = sorted(set(saved) ^ set(fields))
         raise ConfigError(
             f"--resume {folder!r}: a run of {config['algo']}.py, whose flags differ from this "
             f"script's ({', '.join(differ[:4])}{', ...' if len(differ) > 4 else ''})"
@@ -221,7 +303,7 @@ def resumed_args(args_type, folder: str, argv, description: str):
     saved = args_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
     saved = dataclasses.replace(saved, resume=folder, output_dir=folder)
     args = tyro.cli(args_type, args=argv, default=saved, description=description)
-    for name in sorted(fields - set(RESUME_MAY_CHANGE)):
+    for name in sorted(set(fields) - set(RESUME_MAY_CHANGE)):
         if getattr(args, name) != getattr(saved, name):
             raise ConfigError(
                 f"--resume: {_flag(name)} {getattr(args, name)} differs from the run's "
@@ -240,7 +322,7 @@ def resumed_args(args_type, folder: str, argv, description: str):
     if changed:
         print(
             f"warning: --resume {folder!r}: {', '.join(f'{k} {was[k]!r} is now {now[k]!r}' for k in changed)}; "
-            "the resumed part may differ in the last bits from an uninterrupted run",
+            "the resumed part is not the uninterrupted run's: it differs by float rounding, which training amplifies",
             file=sys.stderr,
         )
     return args
@@ -250,9 +332,12 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def check_range(args, name: str, lo=None, hi=None, lo_open=False, hi_open=False) -> None:
-    """One flag's domain, lo <= value <= hi (strict where *_open); a one-line error naming it."""
+def check_range(args, name: str, lo=None, hi=None, lo_open=False, hi_open=False, inf_ok=False) -> None:
+    """One flag's domain, lo <= value <= hi (strict where *_open), and finite unless `inf_ok` (where
+    inf has a meaning: no clipping); a one-line error naming it. nan is never in a domain."""
     v = getattr(args, name)
+    if isinstance(v, float) and not math.isfinite(v) and not (inf_ok and v == math.inf):
+        raise ConfigError(f"{_flag(name)} must be a finite number, got {v}")
     if (lo is None or (v > lo if lo_open else v >= lo)) and (hi is None or (v < hi if hi_open else v <= hi)):
         return
     if lo == 0 and hi is None:
@@ -283,8 +368,10 @@ def validate(args) -> None:
     for name in ("max_episode_steps", "noise_hold_steps", "checkpoint_every", "capture_video_every"):
         if getattr(args, name) < 0:
             raise ConfigError(f"{_flag(name)} must be >= 0, got {getattr(args, name)}")
-    for name in ("learning_rate", "max_grad_norm", "adam_eps"):
-        check_range(args, name, lo=0.0, lo_open=True)
+    # Adam moves each parameter by about the learning rate per step: above 1 no network trains.
+    check_range(args, "learning_rate", lo=0.0, hi=MAX_LEARNING_RATE, lo_open=True)
+    check_range(args, "max_grad_norm", lo=0.0, lo_open=True, inf_ok=True)  # inf: no clipping
+    check_range(args, "adam_eps", lo=0.0, lo_open=True)
     for name in ("gamma", "gae_lambda"):
         check_range(args, name, lo=0.0, hi=1.0)
     for name in ("clip_coef", "ent_coef", "vf_coef"):
@@ -344,29 +431,135 @@ def init_seeds(init: Callable, seeds: list[int], hp: dict | None = None):
 # ----------------------------------------------------------------------------------------------
 # Outputs
 # ----------------------------------------------------------------------------------------------
-def prepare_output_dir(args, algo: str) -> str:
-    """The run's folder: new, empty, or (with --overwrite) emptied of a previous run's outputs."""
+class FolderLock:
+    """`<folder>/.lock`, held (flock) by the process that writes into the folder, and holding its pid,
+    host and start time. The kernel releases a flock when its process ends, however it ends, so a
+    lock file left by a killed process is recognised as stale and taken over; a live owner's lock
+    is refused in one line. (On a network filesystem flock is only as good as its lock daemon.)"""
+
+    def __init__(self, folder: str):
+        self.path = os.path.join(folder, LOCK_FILE)
+        for _ in range(5):  # the owner may remove the file between our open and our flock: again
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = self._owner()
+                os.close(self.fd)
+                raise ConfigError(
+                    f"{folder!r} is in use by another run ({owner or 'a process that is starting'}); wait "
+                    "for it to end or choose another --output-dir"
+                ) from None
+            except OSError as e:
+                os.close(self.fd)
+                raise ConfigError(f"{folder!r}: cannot lock {LOCK_FILE} there ({e.strerror})") from None
+            with contextlib.suppress(FileNotFoundError):
+                if os.fstat(self.fd).st_ino == os.stat(self.path).st_ino:
+                    break
+            os.close(self.fd)
+        else:
+            raise ConfigError(f"{folder!r}: its {LOCK_FILE} keeps changing hands; is another run starting there?")
+        stale = self._owner()
+        if stale:
+            print(f"{folder}: taking over the lock that {stale} left (that process has ended)", flush=True)
+        me = dict(pid=os.getpid(), host=socket.gethostname(), started=f"{datetime.datetime.now():%Y-%m-%d %H:%M:%S}")
+        try:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, (json.dumps(me) + "\n").encode(), 0)
+        except OSError as e:
+            self.release()
+            raise ConfigError(f"--output-dir {folder!r} cannot be written: {e.strerror}") from None
+
+    def _owner(self) -> str | None:
+        """Who the lock file names: "pid P on host H since T", or None for an empty file."""
+        try:
+            owner = json.loads(os.pread(self.fd, 4096, 0).decode() or "null")
+            return owner and f"pid {owner['pid']} on host {owner['host']} since {owner['started']}"
+        except (ValueError, KeyError, TypeError, OSError):
+            return "an unknown process"
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.remove(self.path)  # while still held: no other process can have taken it yet
+        os.close(self.fd)
+        self.fd = None
+
+
+class OutputFolder(NamedTuple):
+    """The run's folder, locked while the run writes into it. `created`: this process made it;
+    `fresh`: a new run (not --resume), whose outputs are all this process's."""
+
+    path: str
+    lock: FolderLock | None  # None on the hosts after the first (jax.distributed): a temporary folder
+    created: bool
+    fresh: bool
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+    def discard(self) -> None:
+        """Nothing was computed: a fresh run's outputs go, and the folder if this process made it and
+        it is now empty, so the same command starts again; a resumed run's folder stays as it is."""
+        if self.fresh:
+            remove_outputs(self.path)
+        self.release()
+        if self.created:
+            with contextlib.suppress(OSError):
+                os.rmdir(self.path)
+
+
+def remove_outputs(out: str) -> None:
+    """A run's output files and folders (other files stay)."""
+    for name in OUTPUT_FILES:
+        for path in (name, name + ".tmp"):  # (.tmp: a file being written when a run was killed)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(out, path))
+    for name in OUTPUT_FOLDERS:
+        shutil.rmtree(os.path.join(out, name), ignore_errors=True)
+
+
+def _holds_results(path: str) -> bool:
+    """Whether a folder's tree holds any file: an empty checkpoints/ left by a run stopped while it
+    compiled holds nothing."""
+    return any(files for _, _, files in os.walk(path))
+
+
+def prepare_output_dir(args, algo: str) -> OutputFolder:
+    """The run's folder, locked: new, empty, or (with --overwrite) emptied of a previous run's
+    outputs. The lock comes first, so a run in progress there is never emptied nor written over;
+    empty output folders and a stale lock do not count as contents."""
     out = args.output_dir or os.path.join(
         "runs", f"{algo}_{envs.canonical_id(args.env_id)}_{datetime.datetime.now():%Y%m%d-%H%M%S}"
     )
     if os.path.exists(out) and not os.path.isdir(out):
         raise ConfigError(f"--output-dir {out!r} is a file, not a folder")
-    if os.path.isdir(out) and os.listdir(out):
-        if not args.overwrite:
-            raise ConfigError(f"output directory {out!r} exists and is not empty (pass --overwrite to reuse it)")
-        for name in OUTPUT_FILES:  # a previous run's files must not stand beside this run's
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(out, name))
-        for name in OUTPUT_FOLDERS:
-            shutil.rmtree(os.path.join(out, name), ignore_errors=True)
+    created = not os.path.exists(out)
     try:
         os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, ".write_test"), "w"):
-            pass
-        os.remove(os.path.join(out, ".write_test"))
     except OSError as e:
-        raise ConfigError(f"--output-dir {out!r} cannot be written: {e.strerror}")
-    return out
+        raise ConfigError(f"--output-dir {out!r} cannot be written: {e.strerror}") from None
+    folder = None
+    try:
+        folder = OutputFolder(out, FolderLock(out), created, fresh=True)
+        contents = [
+            name
+            for name in os.listdir(out)
+            if name != LOCK_FILE and not (name in OUTPUT_FOLDERS and not _holds_results(os.path.join(out, name)))
+        ]
+        if contents and not args.overwrite:
+            raise ConfigError(f"output directory {out!r} exists and is not empty (pass --overwrite to reuse it)")
+        remove_outputs(out)  # a previous run's outputs must not stand beside this run's
+        return folder
+    except BaseException:
+        if folder is not None:
+            folder.release()
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(out)  # only if empty: another run may have made it at the same moment
+        raise
 
 
 def versions() -> dict:
@@ -403,11 +596,14 @@ def plot_curves(rows: list[dict], sweep: Sweep, path: str, title: str) -> None:
                 )
         curves = np.array([[s.get(x, np.nan) for x in steps] for s in by_seed.values()])
         label = f"{member_label(member)}: " if member else ""
-        (line,) = ax.plot(steps, np.nanmean(curves, 0), label=f"{label}mean over {len(curves)} seeds")
+        with warnings.catch_warnings():  # steps at which every seed had diverged: no point, no warning
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean, low, high = np.nanmean(curves, 0), np.nanmin(curves, 0), np.nanmax(curves, 0)
+        (line,) = ax.plot(steps, mean, label=f"{label}mean over {len(curves)} seeds")
         ax.fill_between(
             steps,
-            np.nanmin(curves, 0),
-            np.nanmax(curves, 0),
+            low,
+            high,
             color=line.get_color(),
             alpha=0.2,
             label=None if member else "min-max over seeds",
@@ -420,19 +616,64 @@ def plot_curves(rows: list[dict], sweep: Sweep, path: str, title: str) -> None:
     ax.xaxis.set_major_formatter(EngFormatter())  # 100k, 1.5M: readable ticks
     ax.legend(fontsize="small" if len(sweep.members) < 6 else "x-small")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with written(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
+
+
+class WriteFailed(Exception):
+    """An output could not be written (a full disk, a quota, a folder gone): the run stops at once,
+    with what it had written intact."""
+
+    def __init__(self, what: str, reason: str):
+        super().__init__(f"cannot write {what}: {reason}")
+        self.what, self.reason = what, reason
+
+
+@contextlib.contextmanager
+def written(path: str, mode: str = "w", **open_args):
+    """A file written whole or not at all: into path.tmp, renamed over path when complete. A write
+    that fails (a full disk) leaves the previous file as it was and is a WriteFailed naming it."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, mode, **open_args) as f:
+            yield f
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise WriteFailed(os.path.basename(path), e.strerror or str(e)) from None
+
+
+def os_failure(error: BaseException) -> str | None:
+    """The operating system's reason when `error` is a failed write (tensorstore, under orbax, says
+    it in its message: "... No space left on device [os_error_code='28']"); None for anything else."""
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    text = str(error)
+    code = re.search(r"os_error_code='(\d+)'", text)
+    if code:
+        return os.strerror(int(code.group(1)))
+    for reason in ("No space left on device", "Disk quota exceeded", "Read-only file system", "File too large"):
+        if reason in text:
+            return reason
+    return None
 
 
 class _StopRequest:
     """SIGINT and SIGTERM ask the run to stop at the end of the interval in flight: the compiled
     program cannot be interrupted midway, and stopping between intervals keeps every output at the
-    same, last completed interval. A second Ctrl-C stops at once (the interval in flight is lost)."""
+    same, last completed interval. A second Ctrl-C stops at once (the interval in flight is lost).
+    Before training begins (`abort` set: the seeds' initial states, the checkpoint, compilation),
+    nothing is computed yet, so the first signal calls `abort`, which ends the run at once."""
 
     def __init__(self):
         self.signal = None
+        self.abort: Callable[[int], None] | None = None
 
     def __call__(self, signum, frame):
+        if self.abort is not None:
+            self.abort(signum)
         if self.signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal = signum
@@ -481,37 +722,217 @@ def checkpoint_manager(out: str):
     options = ocp.CheckpointManagerOptions(
         max_to_keep=KEEP_CHECKPOINTS, enable_async_checkpointing=False, create=True, cleanup_tmp_directories=True
     )
-    return ocp.CheckpointManager(os.path.abspath(os.path.join(out, "checkpoints")), options=options)
+    with _quiet_logging():  # orbax reads the existing checkpoints' metadata (verified on restore)
+        return ocp.CheckpointManager(os.path.abspath(os.path.join(out, "checkpoints")), options=options)
 
 
 def save_checkpoint(manager, step: int, state, meta: dict) -> float:
     """The complete training state of every seed (parameters, target networks, optimizer states,
     replay buffers, environments, statistics, keys, iteration counters) and what the host needs
-    to go on writing the same outputs (meta). Returns the seconds it took."""
+    to go on writing the same outputs (meta), with a SHA-256 checksum of every array and of the
+    meta, which a restore verifies. Returns the seconds it took; a failed write is a WriteFailed."""
     import orbax.checkpoint as ocp
 
     t0 = time.perf_counter()
-    manager.save(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(_without_empty(state)), meta=ocp.args.JsonSave(meta)),
-        force=True,
-    )
-    manager.wait_until_finished()
+    state = _without_empty(state)
+    saved = dict(progress=meta, arrays=checksums(jax.device_get(state)))
+    saved["sha256"] = _json_sha256(saved)
+    try:
+        with _quiet_logging(), _stderr_held():  # orbax reports a failed write in pages, then raises it
+            manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(saved)),
+                force=True,
+            )
+            manager.wait_until_finished()
+    except Exception as e:
+        reason = os_failure(e)
+        if reason is None:
+            raise
+        raise WriteFailed(f"checkpoint {step}", reason) from None
     return time.perf_counter() - t0
 
 
-def restore_checkpoint(manager, like):
-    """(state, meta) of the latest checkpoint; `like` gives the state's structure, shapes and types."""
+_REAL_STDERR: int | None = None  # fd 2 as it was, once _stderr_held() has silenced it for good
+
+
+@contextlib.contextmanager
+def _stderr_held():
+    """In a script, what is written to fd 2 while orbax saves goes to a temporary file, and is
+    written out after a save that succeeds. After one that fails, it is dropped, and fd 2 stays
+    silenced: orbax's and tensorstore's threads print a traceback each as they die, some later,
+    while main() reports the failure in one line on the real stderr (_REAL_STDERR)."""
+    global _REAL_STDERR
+    if not _AS_SCRIPT or _REAL_STDERR is not None:
+        yield
+        return
+    sys.stderr.flush()
+    held, real = tempfile.TemporaryFile(), os.dup(2)
+    os.dup2(held.fileno(), 2)
+    try:
+        yield
+    except BaseException as e:
+        if os_failure(e) is not None:
+            _REAL_STDERR = real
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 2)
+            os.close(null)
+            raise
+        _give_back(held, real)  # anything else: what was printed, then the error's own traceback
+        raise
+    else:
+        _give_back(held, real)
+    finally:
+        held.close()
+
+
+def _give_back(held, real: int) -> None:
+    sys.stderr.flush()
+    os.dup2(real, 2)
+    os.close(real)
+    held.seek(0)
+    sys.stderr.write(held.read().decode(errors="replace"))
+    sys.stderr.flush()
+
+
+def checksums(tree) -> dict[str, str]:
+    """SHA-256 of every array of a tree (its dtype, shape and bytes), by its path in the tree."""
+    out = {}
+    for path, x in jax.tree_util.tree_leaves_with_path(tree):
+        x = np.ascontiguousarray(np.asarray(x))
+        out[jax.tree_util.keystr(path)] = hashlib.sha256(f"{x.dtype}{x.shape}".encode() + x.tobytes()).hexdigest()
+    return out
+
+
+def _json_sha256(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+class DamagedCheckpoint(Exception):
+    """A checkpoint that cannot be read, or whose contents do not match its checksums: (what, the
+    details)."""
+
+    def __str__(self):
+        return "".join(self.args)
+
+
+def restore_checkpoint(out: str, like):
+    """(state, meta) of the newest intact checkpoint of `out`; `like` gives the state's structure,
+    shapes and types. Each checkpoint is verified against its checksums, newest first: a damaged one
+    is named in one line and moved to `checkpoints-damaged/` once an older one is found intact; if
+    none is, a one-line error. Never a silently different run."""
+    manager = checkpoint_manager(out)
+    try:
+        with _unraisable_dropped():
+            return _newest_intact(manager, out, like)
+    finally:
+        with contextlib.suppress(Exception):
+            manager.close()
+
+
+def _newest_intact(manager, out: str, like):
+    """restore_checkpoint's search, newest first."""
+    steps = sorted(manager.all_steps(), reverse=True)
+    if not steps:
+        raise ConfigError(f"--resume: no checkpoint in {manager.directory}")
+    damaged: dict[int, DamagedCheckpoint] = {}
+    for step in steps:
+        try:
+            state, meta = _restore_verified(manager, step, like)
+        except DamagedCheckpoint as e:
+            damaged[step] = e
+            continue
+        for bad, e in damaged.items():
+            print(f"warning: checkpoint {bad} in {manager.directory} is damaged ({e})", file=sys.stderr)
+        if damaged:
+            aside = move_aside(out, list(damaged))
+            print(f"resuming from checkpoint {step}, the newest intact one (the damaged ones are now in {aside})")
+        return state, meta
+    raise ConfigError(
+        f"--resume {out!r}: no intact checkpoint: " + ", ".join(f"{step} ({e.args[0]})" for step, e in damaged.items())
+    )
+
+
+@contextlib.contextmanager
+def _unraisable_dropped():
+    """A read that fails inside orbax leaves coroutines and tensorstore callbacks behind, which print
+    a traceback each ("Exception ignored in ...") when they end or are collected: collected here,
+    with those messages dropped; the failure itself is reported in one line."""
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        yield
+    finally:
+        gc.collect()
+        sys.unraisablehook = hook
+
+
+def _restore_verified(manager, step: int, like):
     import orbax.checkpoint as ocp
 
-    step = manager.latest_step()
-    if step is None:
-        raise ConfigError(f"--resume: no checkpoint in {manager.directory}")
-    restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_without_empty(like)), meta=ocp.args.JsonRestore())
-    )
+    try:
+        with _quiet_logging():
+            restored = manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(_without_empty(like)), meta=ocp.args.JsonRestore()
+                ),
+            )
+        saved = restored.meta
+        if "sha256" not in saved:  # written before checkpoints held checksums
+            print(f"warning: checkpoint {step} predates checksums: restored unverified", file=sys.stderr, flush=True)
+            meta = saved
+        else:
+            meta = saved["progress"]
+            if _json_sha256({k: saved[k] for k in ("progress", "arrays")}) != saved["sha256"]:
+                raise DamagedCheckpoint("its metadata does not match its checksum")
+            got = checksums(jax.device_get(restored.state))
+            bad = sorted(k for k in set(got) | set(saved["arrays"]) if got.get(k) != saved["arrays"].get(k))
+            if bad:
+                raise DamagedCheckpoint(
+                    "arrays that do not match their checksums",
+                    f": {len(bad)} of {len(saved['arrays'])}, e.g. state{bad[0]}",
+                )
+        if meta["done_iters"] != step:
+            raise DamagedCheckpoint(f"it says it holds iteration {meta['done_iters']}")
+    except DamagedCheckpoint:
+        raise
+    except Exception as e:  # unreadable: orbax and tensorstore say why in the first line of pages
+        while e.__cause__ is not None:  # the error underneath orbax's wrappers
+            e = e.__cause__
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        raise DamagedCheckpoint("unreadable", f": {lines[0][:160]}{'...' if len(lines[0]) > 160 else ''}") from None
     state = jax.tree.map(lambda x, r: x if r is None else r, like, restored.state, is_leaf=lambda r: r is None)
-    return state, restored.meta
+    return state, meta
+
+
+@contextlib.contextmanager
+def _quiet_logging():
+    """orbax logs its failures (absl) before raising them; the raised error is reported instead."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in ("absl", "orbax")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
+
+
+def move_aside(out: str, steps: list[int]) -> str:
+    """Damaged checkpoints out of orbax's way (they would stay the latest), kept for inspection."""
+    aside = os.path.join(out, "checkpoints-damaged")
+    os.makedirs(aside, exist_ok=True)
+    for step in steps:
+        target = os.path.join(aside, str(step))
+        n = 1
+        while os.path.exists(target):
+            target, n = os.path.join(aside, f"{step}-{n}"), n + 1
+        os.rename(os.path.join(out, "checkpoints", str(step)), target)
+    return aside
 
 
 def _without_empty(tree):
@@ -567,6 +988,9 @@ def parse_sweep(args, sweepable: tuple[str, ...], validate_args: Callable) -> Sw
         return Sweep((), [{}])
     fields = {f.name: f.type for f in dataclasses.fields(args)}
     listing = f"the keys that can be swept: {', '.join(sweepable)}"
+    if tuple(args.sweep) == ("help",):  # `--sweep help`: the list, and nothing run
+        print(f"--sweep KEY=V1,V2,... [KEY=V1,V2,...]: {listing}")
+        raise SystemExit(0)
     grid: dict[str, list] = {}
     for item in args.sweep:
         key, sep, values = item.partition("=")
@@ -731,41 +1155,130 @@ def run(
     over the devices. `row_warning(row)`, the script's own check of a metrics row, returns a message
     to print, or None."""
     plan = plan_run(args, algo, validate_args, make_train, metric_columns, sweepable)  # nothing written yet
-    out = output_folder(plan)
-    resuming = args.resume is not None
-    manager = checkpoint_manager(out) if args.checkpoint_every > 0 or resuming else None
     stop = _StopRequest()
     with stop.installed():
-        state, compiled, compile_seconds = compile_program(plan, stop)
-        if stop.signal is not None:
-            if not resuming and not os.listdir(out):
-                os.rmdir(out)
-            print(f"{signal.Signals(stop.signal).name} before training began: nothing computed, nothing written")
-            return dict(algo=algo, env_id=plan.env_id, seeds=plan.seeds, completed=False, interrupted=True, env_steps=0)
-        state, progress, rows = start_or_resume(plan, out, manager, state)
-        write_config(plan, out)
-        state, rows, saved_at = train_intervals(plan, out, compiled, state, progress, rows, manager, stop, row_warning)
+        folder = output_folder(plan)  # locked from here on
+        try:
+            return _run(plan, folder, stop, row_warning)
+        except BaseException:
+            if stop.abort is not None:  # before training began: nothing computed, nothing kept
+                folder.discard()
+            raise
+        finally:
+            folder.release()
+
+
+def _run(plan: Plan, folder: OutputFolder, stop: _StopRequest, row_warning) -> dict:
+    """run()'s body, in a locked folder: start (nothing computed yet: a signal ends the run at
+    once), the intervals, and the outputs; a failed write stops at once (WriteFailed) and says what
+    is intact and how to go on."""
+    args, out = plan.args, folder.path
+    stop.abort = lambda signum: _abort_start(plan, folder, signum)
+    print(f"[{plan.algo} {plan.env_id}] compiling the training program ({len(plan.runs)} rows)", flush=True)
+    t0 = time.perf_counter()
+    state = jax.block_until_ready(init_seeds(plan.init, [s for _, s in plan.runs], plan.hp))
+    init_seconds = time.perf_counter() - t0
+    with _signals_deferred() as caught:  # files are cut and moved here: never half done
+        state, progress, rows = start_or_resume(plan, out, state)
+    if caught:
+        stop(caught[0], None)
+    compiled, compile_seconds = compile_program(plan, state)
+    compile_seconds += init_seconds
+    try:
+        with _signals_deferred() as caught:
+            manager = checkpoint_manager(out) if args.checkpoint_every > 0 else None
+            write_config(plan, out)
+        if caught:
+            stop(caught[0], None)
+        stop.abort = None  # from here on a signal stops the run at the end of the interval in flight
+        state, rows, saved_at, all_diverged = train_intervals(
+            plan, out, compiled, state, progress, rows, manager, stop, row_warning
+        )
         with _signals_deferred():
+            done = progress["done_iters"]
+            if stop.signal is not None and done == 0 and folder.fresh:
+                folder.discard()
+                print(
+                    f"{signal.Signals(stop.signal).name} before the first interval completed: nothing computed, "
+                    "nothing kept (the same command starts again)",
+                    flush=True,
+                )
+                return dict(
+                    algo=plan.algo, env_id=plan.env_id, seeds=plan.seeds, completed=False, interrupted=True, env_steps=0
+                )
             state = plan.place.get(state)
-            if args.checkpoint_every and saved_at != progress["done_iters"]:
-                progress["checkpoint_seconds"].append(save_checkpoint(manager, progress["done_iters"], state, progress))
-            latest = manager.latest_step() if manager else None
+            if args.checkpoint_every and saved_at != done:
+                progress["checkpoint_seconds"].append(save_checkpoint(manager, done, state, progress))
+            latest = latest_checkpoint(out)
             checkpoint_mb = directory_mb(os.path.join(out, "checkpoints", str(latest))) if latest is not None else None
-            interrupted = stop.signal is not None and progress["done_iters"] < plan.trainer.num_iterations
-            summary = write_outputs(out, plan, state, rows, progress, compile_seconds, checkpoint_mb, interrupted)
-    if summary["interrupted"]:
-        script = os.path.basename(sys.argv[0]) if sys.argv[0].endswith(".py") else f"{algo}.py"
-        how = (
-            f"resume with: python {script} --resume {out}"
-            if manager
-            else "no checkpoint was saved (--checkpoint-every 0): it cannot be resumed"
-        )
-        print(
-            f"interrupted after {summary['env_steps']:,} of {plan.trainer.num_iterations * plan.batch:,} env steps "
-            f"per seed; every output describes that point; {how}",
-            flush=True,
-        )
-    return summary
+            interrupted = stop.signal is not None and done < plan.trainer.num_iterations
+            summary = write_outputs(
+                out, plan, state, rows, progress, compile_seconds, checkpoint_mb, interrupted, all_diverged
+            )
+            if interrupted:
+                print(
+                    f"interrupted after {done * plan.batch:,} of {plan.trainer.num_iterations * plan.batch:,} env "
+                    f"steps per seed; every output describes that point; {how_to_go_on(plan, out, done)}",
+                    flush=True,
+                )
+            if all_diverged:
+                print(
+                    f"every seed{' of every member' if plan.sweep.keys else ''} has diverged: stopped after "
+                    f"{done * plan.batch:,} env steps per seed, nothing is left to train (the diverged column of "
+                    "metrics.csv says when each one did)",
+                    flush=True,
+                )
+        return summary
+    except WriteFailed as e:
+        for tmp in glob.glob(os.path.join(glob.escape(out), "checkpoints", "*orbax-checkpoint-tmp*")):
+            shutil.rmtree(tmp, ignore_errors=True)  # a half-written checkpoint: free its space now
+        done = progress["done_iters"]
+        if folder.fresh and done == 0:
+            folder.discard()
+            then = "nothing was computed; free some space and run again"
+        else:
+            then = (
+                f"stopped at once after {done * plan.batch:,} env steps per seed; metrics.csv holds every "
+                f"completed interval; {how_to_go_on(plan, out, done, 'free some space, then ')}"
+            )
+        raise WriteFailed(e.what, f"{e.reason}; {then}") from None
+
+
+def _abort_start(plan: Plan, folder: OutputFolder, signum: int) -> None:
+    """A signal before training began: nothing is computed, so nothing is kept (a fresh run's folder
+    goes) and the run ends at once. A script exits (os._exit: unwinding a Python exception through
+    jax's lowering and compilation, as a second Ctrl-C used to, could crash the process natively);
+    a session that called run() gets its KeyboardInterrupt."""
+    name = signal.Signals(signum).name
+    folder.discard()
+    if folder.fresh:
+        print(f"{name} before training began: nothing computed, nothing written", flush=True)
+    else:
+        print(f"{name} before training began: nothing computed; {how_to_go_on(plan, folder.path, 0)}", flush=True)
+    if _AS_SCRIPT:
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
+    raise KeyboardInterrupt
+
+
+def how_to_go_on(plan: Plan, out: str, done_iters: int, first: str = "") -> str:
+    """The command that resumes the run from its latest checkpoint, or why there is none."""
+    latest = latest_checkpoint(out)
+    if latest is None:
+        return "no checkpoint was saved, so it cannot be resumed"
+    script = sys.argv[0] if _AS_SCRIPT and os.path.basename(sys.argv[0]) in SCRIPTS else f"{plan.algo}.py"
+    since = f" (from its checkpoint at {latest * plan.batch:,} steps)" if latest != done_iters else ""
+    return f"{first}resume with: python {script} --resume {out}{since}"
+
+
+def latest_checkpoint(out: str) -> int | None:
+    """The newest complete checkpoint's iteration in `<out>/checkpoints` (orbax names each folder by
+    it; a save in progress has a temporary name), or None."""
+    try:
+        steps = [int(name) for name in os.listdir(os.path.join(out, "checkpoints")) if name.isdigit()]
+    except OSError:
+        return None
+    return max(steps, default=None)
 
 
 def plan_run(args, algo, validate_args, make_train, metric_columns, sweepable) -> Plan:
@@ -799,6 +1312,10 @@ def plan_run(args, algo, validate_args, make_train, metric_columns, sweepable) -
             "supported across hosts yet; pass --checkpoint-every 0"
         )
     lead = ("member", *(f"sweep.{k}" for k in sweep.keys)) if sweep.keys else ()  # metrics may share a key's name
+    trainer = make_train(args, env)
+    note = rounding_note(args, trainer)
+    if note:
+        print(note)
     return Plan(
         args,
         algo,
@@ -809,7 +1326,7 @@ def plan_run(args, algo, validate_args, make_train, metric_columns, sweepable) -
         names=[f"{k}/{s}" if sweep.keys else str(s) for k, s in runs],
         place=Placement(run_devices(args.num_devices, len(runs)), len(runs)),
         hp=hp,
-        trainer=make_train(args, env),
+        trainer=trainer,
         init=init,
         program=program,
         batch=args.num_envs * args.num_steps,
@@ -818,50 +1335,99 @@ def plan_run(args, algo, validate_args, make_train, metric_columns, sweepable) -
     )
 
 
-def output_folder(plan: Plan) -> str:
-    """The run's folder: the resumed one (of the same script), or a new or emptied one; on the
-    hosts after the first (jax.distributed), a temporary folder whose outputs go nowhere."""
+def rounding_note(args, trainer) -> str | None:
+    """A run trains whole rollouts of num_envs x num_steps steps: a line saying how the budget and
+    the evaluation interval were rounded, or None where neither was."""
+    batch = args.num_envs * args.num_steps
+    rounded = [
+        f"{_flag(name)} {given:,} -> {kept:,}"
+        for name, given, kept in (
+            ("total_timesteps", args.total_timesteps, trainer.num_iterations * batch),
+            ("eval_every", args.eval_every, trainer.iters_per_interval * batch),
+        )
+        if given != kept
+    ]
+    if not rounded:
+        return None
+    return f"the run trains whole rollouts of {batch:,} steps (--num-envs x --num-steps): {', '.join(rounded)}"
+
+
+def output_folder(plan: Plan) -> OutputFolder:
+    """The run's folder, locked: the resumed one (of the same script), or a new or emptied one; on
+    the hosts after the first (jax.distributed), a temporary folder whose outputs go nowhere."""
     args = plan.args
     if jax.process_index() > 0:
-        return tempfile.mkdtemp(prefix=f"{plan.algo}_process{jax.process_index()}_")
+        path = tempfile.mkdtemp(prefix=f"{plan.algo}_process{jax.process_index()}_")
+        return OutputFolder(path, None, created=False, fresh=True)
     if args.resume is None:
         return prepare_output_dir(args, plan.algo)
     with open(os.path.join(args.resume, "config.json")) as f:
-        saved_algo = json.load(f)["algo"]
-    if saved_algo != plan.algo:
-        raise ConfigError(f"--resume {args.resume!r}: a run of {saved_algo}.py, not of {plan.algo}.py")
-    return args.resume
+        config = json.load(f)
+    if config["algo"] != plan.algo:
+        raise ConfigError(f"--resume {args.resume!r}: a run of {config['algo']}.py, not of {plan.algo}.py")
+    folder = OutputFolder(args.resume, FolderLock(args.resume), created=False, fresh=False)
+    was, now = len(config.get("devices", [])), len(plan.place.devices)
+    if was and was != now:
+        print(
+            f"warning: --resume {args.resume}: the run was made on {was} device(s) and goes on on {now}, which "
+            "batches its rows differently: the resumed part is not the uninterrupted run's, it differs by float "
+            f"rounding, which training amplifies (for exactly the same numbers, resume on {was} device(s))",
+            file=sys.stderr,
+            flush=True,
+        )
+    return folder
 
 
-def compile_program(plan: Plan, stop: _StopRequest):
-    """Every row's initial state and the compiled program (with its seconds). A second Ctrl-C
-    during compilation is noted in `stop`: nothing was computed."""
-    try:
-        t0 = time.perf_counter()
-        state = jax.block_until_ready(init_seeds(plan.init, [s for _, s in plan.runs], plan.hp))
-        compiled = plan.program.lower(plan.place.put(state), plan.place.put(plan.hp), jnp.int32(0)).compile()
-        return state, compiled, time.perf_counter() - t0
-    except KeyboardInterrupt:
-        stop.signal = stop.signal or signal.SIGINT
-        return None, None, 0.0
+def compile_program(plan: Plan, state):
+    """The compiled program (of every row, for the initial states' shapes and layout) and its seconds."""
+    t0 = time.perf_counter()
+    compiled = plan.program.lower(plan.place.put(state), plan.place.put(plan.hp), jnp.int32(0)).compile()
+    return compiled, time.perf_counter() - t0
 
 
-def start_or_resume(plan: Plan, out: str, manager, state):
-    """(state, progress, rows): fresh, or the latest checkpoint's, with metrics.csv cut back to
-    the rows written up to it."""
+def start_or_resume(plan: Plan, out: str, state):
+    """(state, progress, rows): fresh, or the newest intact checkpoint's, with metrics.csv cut back
+    to the rows written up to it."""
     progress = dict(done_iters=0, num_rows=0, diverged={}, train_seconds=0.0, checkpoint_seconds=[])
     if plan.args.resume is None:
         return state, progress, []
-    state, progress = restore_checkpoint(manager, state)
+    state, progress = restore_checkpoint(out, state)
+    if len(progress["diverged"]) == len(plan.runs):
+        raise ConfigError(f"--resume {out!r}: every seed of this run has diverged; nothing is left to train")
     rows = truncate_metrics(os.path.join(out, "metrics.csv"), progress["num_rows"])
+    with open(os.path.join(out, "config.json")) as f:
+        before = json.load(f)["args"]["total_timesteps"] // plan.batch
+    note = extension_note(plan.args, before, plan.trainer.num_iterations, progress["done_iters"], plan.batch)
+    if note:
+        print(note)
     print(f"resuming {out} at {progress['done_iters'] * plan.batch:,} env steps per seed")
     return state, progress, rows
+
+
+def extension_note(args, before: int, after: int, done: int, batch: int) -> str | None:
+    """What a larger --total-timesteps does to the annealed schedules (the flags anneal_*): each goes
+    on as if it had decayed over the new total from the start, so the rates jump up at the resume,
+    then reach 0 at the new end (held at their final values, they would stay at about 0, which is
+    where a linear decay ends, and the added steps would train nothing). None if not extended."""
+    if after <= before:
+        return None
+    extended = f"--total-timesteps {after * batch:,} extends the run from {before * batch:,} steps per seed"
+    annealed = [
+        _flag(f.name) for f in dataclasses.fields(args) if f.name.startswith("anneal_") and getattr(args, f.name)
+    ]
+    if not annealed:
+        return f"{extended}; no schedule is annealed, so training goes on as before"
+    return (
+        f"{extended}: the annealed schedules ({', '.join(annealed)}) go on as if they had decayed over the new total "
+        f"from the start, so at {done * batch:,} steps they rise from {1 - done / before:.0%} to "
+        f"{1 - done / after:.0%} of their initial values"
+    )
 
 
 def write_config(plan: Plan, out: str) -> None:
     """config.json: the arguments, seeds, sweep members, versions and devices of the run."""
     sweep, place = plan.sweep, plan.place
-    with open(os.path.join(out, "config.json"), "w") as f:
+    with written(os.path.join(out, "config.json")) as f:
         json.dump(
             dict(
                 algo=plan.algo,
@@ -887,107 +1453,134 @@ def write_config(plan: Plan, out: str) -> None:
 
 def train_intervals(plan: Plan, out, compiled, state, progress, rows, manager, stop, row_warning):
     """The interval loop: the compiled program once per evaluation interval until the budget is
-    spent or a stop is requested; after each, the divergence guard, metrics.csv's rows, progress
-    lines, TensorBoard and the checkpoints that are due. Returns (state, rows, the iteration of the
-    last checkpoint); `progress` is updated in place."""
+    spent, a stop is requested or every row has diverged; after each, the divergence guard,
+    metrics.csv's rows, progress lines, TensorBoard and the checkpoints that are due. Returns
+    (state, rows, the iteration of the last checkpoint, whether every row has diverged); `progress`
+    is updated in place. A failed write is a WriteFailed, with metrics.csv cut back to whole rows."""
     args, trainer, sweep, batch = plan.args, plan.trainer, plan.sweep, plan.batch
     resuming = args.resume is not None
-    tb = tensorboard_writer(out, args, progress["done_iters"] * batch) if args.tensorboard else None
-    capture = video_capture(plan, out, tb) if args.capture_video else None
-    captured_at = None
     frozen = np.array([name in progress["diverged"] for name in plan.names])
     hp_in = plan.place.put(plan.hp)
     state = plan.place.put(state)  # from here on: the program's layout (padded, sharded)
     done_iters, saved_at = progress["done_iters"], progress["done_iters"]
-    t_train = time.perf_counter()
-    with open(os.path.join(out, "metrics.csv"), "a" if resuming else "w", newline="") as csv_file:
+    path = os.path.join(out, "metrics.csv")
+    try:
+        csv_file = open(path, "a" if resuming else "w", newline="")
         writer = csv.DictWriter(csv_file, fieldnames=plan.columns)
         if not resuming:
             writer.writeheader()
-        try:
-            while done_iters < trainer.num_iterations and stop.signal is None:
-                n = min(trainer.iters_per_interval, trainer.num_iterations - done_iters)
-                # Dispatch is asynchronous: `state` is rebound only once the interval's metrics are on
-                # the host and written, so it always matches metrics.csv.
-                next_state, metrics = compiled(state, hp_in, jnp.int32(n))
-                metrics = jax.device_get(plan.place.get(metrics))
-                newly = ~metrics.pop("finite") & ~frozen
-                eval_keys = np.asarray(metrics.pop("eval_key"))  # each row's evaluation key (uint32 [rows, 2])
-                with _signals_deferred() as caught:
-                    steps = (done_iters + n) * batch
-                    for i in np.flatnonzero(newly):
-                        progress["diverged"][plan.names[i]] = steps
-                        print(
-                            f"{row_label(sweep, plan.runs[i])} diverged (non-finite parameters, losses or returns) "
-                            f"by {steps:,} env steps: frozen at {done_iters * batch:,} steps; the other seeds "
-                            "train on",
-                            flush=True,
-                        )
-                    frozen = frozen | newly
-                    if frozen.any():
-                        padded = np.concatenate([frozen, np.repeat(frozen[-1:], plan.place.padding)])
-                        state = keep_frozen(padded, next_state, state)
-                    else:
-                        state = next_state
-                    done_iters += n
-                    # the key of each row's last evaluation (a frozen row's: of its last finite one),
-                    # saved in params.msgpack so that evaluate.py repeats that evaluation exactly
-                    progress["eval_keys"] = [
-                        old if frozen[i] and old else eval_keys[i].tolist()
-                        for i, old in enumerate(progress.get("eval_keys") or [None] * len(plan.runs))
-                    ]
-                    new_rows = metric_rows(sweep, plan.runs, steps, metrics, plan.columns, frozen)
+            csv_file.flush()
+        whole = csv_file.tell()  # metrics.csv's size up to its last whole row
+    except OSError as e:
+        raise WriteFailed("metrics.csv", e.strerror) from None
+    try:
+        tb = tensorboard_writer(out, args, done_iters * batch) if args.tensorboard else None
+    except OSError as e:
+        csv_file.close()
+        raise WriteFailed("tb/ (TensorBoard's events)", e.strerror) from None
+    capture = video_capture(plan, out, tb) if args.capture_video else None
+    captured_at = None
+    t_train = time.perf_counter()
+    try:
+        while done_iters < trainer.num_iterations and stop.signal is None and not frozen.all():
+            n = min(trainer.iters_per_interval, trainer.num_iterations - done_iters)
+            # Dispatch is asynchronous: `state` is rebound only once the interval's metrics are on
+            # the host and written, so it always matches metrics.csv.
+            next_state, metrics = compiled(state, hp_in, jnp.int32(n))
+            metrics = jax.device_get(plan.place.get(metrics))
+            newly = ~metrics.pop("finite") & ~frozen
+            eval_keys = np.asarray(metrics.pop("eval_key"))  # each row's evaluation key (uint32 [rows, 2])
+            with _signals_deferred() as caught:
+                steps = (done_iters + n) * batch
+                for i in np.flatnonzero(newly):
+                    progress["diverged"][plan.names[i]] = steps
+                    print(
+                        f"{row_label(sweep, plan.runs[i])} diverged (non-finite parameters, losses or returns) "
+                        f"by {steps:,} env steps: frozen at {done_iters * batch:,} steps; the other seeds "
+                        "train on",
+                        flush=True,
+                    )
+                frozen = frozen | newly
+                if frozen.any():
+                    padded = np.concatenate([frozen, np.repeat(frozen[-1:], plan.place.padding)])
+                    state = keep_frozen(padded, next_state, state)
+                else:
+                    state = next_state
+                done_iters += n
+                # the key of each row's last evaluation (a frozen row's: of its last finite one),
+                # saved in params.msgpack so that evaluate.py repeats that evaluation exactly
+                progress["eval_keys"] = [
+                    old if frozen[i] and old else eval_keys[i].tolist()
+                    for i, old in enumerate(progress.get("eval_keys") or [None] * len(plan.runs))
+                ]
+                new_rows = metric_rows(sweep, plan.runs, steps, metrics, plan.columns, frozen)
+                try:
                     writer.writerows(new_rows)
                     csv_file.flush()
-                    rows += new_rows
-                    if tb is not None:
+                except OSError as e:
+                    raise WriteFailed("metrics.csv", e.strerror) from None
+                whole = csv_file.tell()
+                rows += new_rows
+                if tb is not None:
+                    try:
                         log_tensorboard(tb, new_rows, plan.metric_columns[2:], steps)
-                    progress.update(
-                        done_iters=done_iters,
-                        num_rows=len(rows),
-                        train_seconds=progress["train_seconds"] + time.perf_counter() - t_train,
+                    except OSError as e:
+                        raise WriteFailed("tb/ (TensorBoard's events)", e.strerror) from None
+                progress.update(
+                    done_iters=done_iters,
+                    num_rows=len(rows),
+                    train_seconds=progress["train_seconds"] + time.perf_counter() - t_train,
+                )
+                if (
+                    args.checkpoint_every
+                    and done_iters - saved_at >= args.checkpoint_every * trainer.iters_per_interval
+                ):
+                    progress["checkpoint_seconds"].append(
+                        save_checkpoint(manager, done_iters, plan.place.get(state), progress)
                     )
-                    if (
-                        args.checkpoint_every
-                        and done_iters - saved_at >= args.checkpoint_every * trainer.iters_per_interval
-                    ):
-                        progress["checkpoint_seconds"].append(
-                            save_checkpoint(manager, done_iters, plan.place.get(state), progress)
-                        )
-                        saved_at = done_iters
-                    t_train = time.perf_counter()
-                if caught:  # a signal that came while the rows were written: handled now
-                    stop(caught[0], None)
-                for r in new_rows if row_warning else ():
-                    message = row_warning(r)
-                    if message:
-                        print(
-                            f"{row_label(sweep, (r.get('member', 0), r['seed']))} at {steps:,} steps: {message}",
-                            flush=True,
-                        )
-                evaluations = len(rows) // len(plan.runs)
-                if capture and args.capture_video_every and evaluations % args.capture_video_every == 0:
-                    t_capture = time.perf_counter()
-                    capture(state, progress["eval_keys"][0], steps)
-                    captured_at = done_iters
-                    t_train += time.perf_counter() - t_capture  # not training time
-                for k, member in enumerate(sweep.members):
-                    print_progress(
-                        f"{plan.algo} {plan.env_id}" + (f" {member_label(member)}" if member else ""),
-                        new_rows[k * len(plan.seeds) : (k + 1) * len(plan.seeds)],
-                        done_iters,
-                        trainer.num_iterations,
-                        batch,
-                        progress["train_seconds"],
-                        len(plan.runs),
+                    saved_at = done_iters
+                t_train = time.perf_counter()
+            if caught:  # a signal that came while the rows were written: handled now
+                stop(caught[0], None)
+            for r in new_rows if row_warning else ():
+                message = row_warning(r)
+                if message:
+                    print(
+                        f"{row_label(sweep, (r.get('member', 0), r['seed']))} at {steps:,} steps: {message}",
+                        flush=True,
                     )
-        except KeyboardInterrupt:  # the second Ctrl-C: the interval in flight is dropped
-            stop.signal = signal.SIGINT
-    if capture and rows and captured_at != done_iters and progress.get("eval_keys"):
-        capture(state, progress["eval_keys"][0], done_iters * batch)
-    if tb is not None:
-        tb.close()
-    return state, rows, saved_at
+            evaluations = len(rows) // len(plan.runs)
+            if capture and args.capture_video_every and evaluations % args.capture_video_every == 0:
+                t_capture = time.perf_counter()
+                capture(state, progress["eval_keys"][0], steps)
+                captured_at = done_iters
+                t_train += time.perf_counter() - t_capture  # not training time
+            for k, member in enumerate(sweep.members):
+                print_progress(
+                    f"{plan.algo} {plan.env_id}" + (f" {member_label(member)}" if member else ""),
+                    new_rows[k * len(plan.seeds) : (k + 1) * len(plan.seeds)],
+                    done_iters,
+                    trainer.num_iterations,
+                    batch,
+                    progress["train_seconds"],
+                    len(plan.runs),
+                )
+        if capture and rows and captured_at != done_iters and progress.get("eval_keys"):
+            capture(state, progress["eval_keys"][0], done_iters * batch)
+    except KeyboardInterrupt:  # the second Ctrl-C: the interval in flight is dropped
+        stop.signal = signal.SIGINT
+    except WriteFailed:
+        with contextlib.suppress(OSError):
+            csv_file.close()  # (its buffer, written now or not)
+        with contextlib.suppress(OSError):
+            os.truncate(path, whole)  # a row cut in the middle would not be a row
+        raise
+    finally:
+        for f in (csv_file, tb):
+            with contextlib.suppress(OSError):
+                if f is not None:
+                    f.close()
+    return state, rows, saved_at, bool(frozen.all())
 
 
 def video_capture(plan: Plan, out: str, tb) -> Callable:
@@ -1038,11 +1631,9 @@ def truncate_metrics(path: str, num_rows: int) -> list[dict]:
     """Keep the header and the first num_rows rows of metrics.csv, byte for byte (rows written after
     the checkpoint are computed again, to the same numbers), and return those rows."""
     with open(path, newline="") as f:
-        lines = f.readlines()
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
+        lines = f.readlines()  # (newline="": each line as written, its \r\n kept)
+    with written(path, newline="") as f:
         f.writelines(lines[: 1 + num_rows])
-    os.replace(tmp, path)
     return read_metrics(path)
 
 
@@ -1072,15 +1663,49 @@ def print_progress(name, last_rows, done_iters, num_iterations, batch, train_sec
 
 
 def tensorboard_writer(out: str, args, start_step: int):
-    """tensorboardX's writer of `<out>/tb` (no TensorFlow needed), the configuration as text. On
-    resume, events at or after the checkpoint's step are purged (they are written again)."""
-    from tensorboardX import SummaryWriter
-
-    writer = SummaryWriter(os.path.join(out, "tb"), purge_step=start_step or None)
+    """The TensorBoard events of `<out>/tb` (tensorboardX's event files; no TensorFlow needed), the
+    configuration as text. On resume, events at or after the checkpoint's step are purged (they are
+    written again)."""
+    writer = TensorBoardEvents(os.path.join(out, "tb"), purge_step=start_step or None)
     if not start_step:
         config = json.dumps(dataclasses.asdict(args), indent=2)
         writer.add_text("config", "    " + config.replace("\n", "\n    "), 0)
     return writer
+
+
+class TensorBoardEvents:
+    """A TensorBoard event file written in this thread. (tensorboardX's SummaryWriter writes from a
+    thread of its own: a write that fails there, on a full disk, is a traceback in that thread and
+    a queue that then blocks the run.) The same records: a scalar or a text per event."""
+
+    def __init__(self, logdir: str, purge_step: int | None = None):
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
+
+        os.makedirs(logdir, exist_ok=True)
+        self._events, self._event = EventsWriter(os.path.join(logdir, "events")), Event
+        if purge_step is not None:  # TensorBoard drops what an earlier session wrote from this step on
+            self._events.write_event(Event(step=purge_step, file_version="brain.Event:2"))
+            self._events.write_event(Event(step=purge_step, session_log=SessionLog(status=SessionLog.START)))
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        from tensorboardX.summary import scalar
+
+        self._write(scalar(tag, value), step)
+
+    def add_text(self, tag: str, text: str, step: int) -> None:
+        from tensorboardX.summary import text as text_summary
+
+        self._write(text_summary(tag, text), step)
+
+    def _write(self, summary, step: int) -> None:
+        self._events.write_event(self._event(wall_time=time.time(), step=step, summary=summary))
+
+    def flush(self) -> None:
+        self._events.flush()
+
+    def close(self) -> None:
+        self._events.close()
 
 
 def log_tensorboard(writer, rows: list[dict], metrics, steps: int) -> None:
@@ -1101,9 +1726,11 @@ def log_tensorboard(writer, rows: list[dict], metrics, steps: int) -> None:
     writer.flush()
 
 
-def write_outputs(out, plan: Plan, state, rows, progress, compile_seconds, checkpoint_mb, interrupted) -> dict:
-    """summary.json, params.msgpack and curves.png for the last completed interval, and the
-    console's closing table."""
+def write_outputs(
+    out, plan: Plan, state, rows, progress, compile_seconds, checkpoint_mb, interrupted, all_diverged=False
+) -> dict:
+    """summary.json, params.msgpack and curves.png for the last completed interval (each written
+    whole or not at all), and the console's closing table."""
     algo, env_id, sweep, runs, names, batch = plan.algo, plan.env_id, plan.sweep, plan.runs, plan.names, plan.batch
     num_iterations = plan.trainer.num_iterations
     done_iters, train_seconds, diverged = progress["done_iters"], progress["train_seconds"], progress["diverged"]
@@ -1137,13 +1764,14 @@ def write_outputs(out, plan: Plan, state, rows, progress, compile_seconds, check
         checkpoint_mb=checkpoint_mb,  # the latest checkpoint's size on disk
         completed=not interrupted and done_iters == num_iterations,
         interrupted=interrupted,
+        all_diverged=all_diverged,  # every seed (of every member) diverged: the run stopped there
     )
-    with open(os.path.join(out, "summary.json"), "w") as f:
+    with written(os.path.join(out, "summary.json")) as f:
         json.dump(summary, f, indent=2)
     # Parameters of every row (leading axis: member-major, then seed) and their observation
     # statistics, as of the last completed interval (a diverged seed's: its last finite state).
     # Load with flax.serialization.msgpack_restore(open(path, "rb").read()).
-    with open(os.path.join(out, "params.msgpack"), "wb") as f:
+    with written(os.path.join(out, "params.msgpack"), "wb") as f:
         saved = {"seeds": np.asarray([s for _, s in runs]), "params": state.params, "obs_rms": state.obs_rms._asdict()}
         if progress.get("eval_keys"):  # the key of each row's last evaluation (evaluate.py)
             saved["eval_key"] = np.asarray(progress["eval_keys"], np.uint32)
@@ -1161,11 +1789,8 @@ def write_outputs(out, plan: Plan, state, rows, progress, compile_seconds, check
         elif last:
             print(f"{lead}{s:>6} {last[i]['eval_return']:>18.2f} {last[i]['train_return']:>19.2f}")
     for k, member in enumerate(sweep.members if sweep.keys else []):
-        print(
-            f"member {k} ({member_label(member)}): mean final eval return {means[k]:.2f} over {counts[k]} of "
-            f"{len(seeds)} seeds"
-        )
-    mean = "" if sweep.keys else f"mean final eval return {means[0]} over {counts[0]} of {len(seeds)} seeds | "
+        print(f"member {k} ({member_label(member)}): {final_mean_text(means[k], counts[k], len(seeds))}")
+    mean = "" if sweep.keys else f"{final_mean_text(means[0], counts[0], len(seeds))} | "
     print(
         f"\n{mean}{summary['env_steps_per_second']:,.0f} env steps/s | compile {compile_seconds:.1f}s | "
         f"train {train_seconds:.1f}s | peak memory {summary['peak_memory_mb']:.0f} MB\noutputs in {out}"
@@ -1173,12 +1798,32 @@ def write_outputs(out, plan: Plan, state, rows, progress, compile_seconds, check
     return summary
 
 
+def final_mean_text(mean: float | None, count: int, num_seeds: int) -> str:
+    """The closing table's mean final eval return, rounded; where every seed diverged, said so."""
+    if mean is None:
+        return f"no final eval return: every seed diverged (0 of {num_seeds} seeds)"
+    return f"mean final eval return {mean:.2f} over {count} of {num_seeds} seeds"
+
+
 def main(parse: Callable, run_fn: Callable, argv=None) -> None:
-    """The scripts' entry point: one-line errors for bad input, a non-zero exit when interrupted."""
+    """The scripts' entry point: one-line errors for bad input and for an output that cannot be
+    written, and the exit codes (EXIT_*: 130 interrupted, 3 every seed diverged, 4 a failed write)."""
+    global _AS_SCRIPT
+    _AS_SCRIPT = True
     prog = os.path.basename(sys.argv[0])
     try:
         summary = run_fn(parse(argv))
     except (ConfigError, envs.UnknownEnvError) as e:
         raise SystemExit(f"{prog}: error: {e}")
+    except WriteFailed as e:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.write(2 if _REAL_STDERR is None else _REAL_STDERR, f"{prog}: error: {e}\n".encode())
+        # At once: orbax's failed writes leave coroutines behind whose teardown would print pages.
+        os._exit(EXIT_WRITE_FAILED)
+    for s in (signal.SIGINT, signal.SIGTERM):  # every output is written: nothing left to stop
+        signal.signal(s, signal.SIG_IGN)
     if summary.get("interrupted"):
         sys.exit(EXIT_INTERRUPTED)
+    if summary.get("all_diverged"):
+        sys.exit(EXIT_DIVERGED)

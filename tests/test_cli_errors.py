@@ -1,5 +1,6 @@
 """Bad input: a clear one-line error, a non-zero exit, no traceback, before anything compiles."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -85,6 +86,71 @@ def test_help_documents_every_flag(script):
         "--preset",
     ):
         assert flag in r.stdout
+    module = __import__(script.removesuffix(".py"))
+    listed = r.stdout.split("presets (--preset NAME ...; docs/presets.md): ")[1].split("\n")[0]
+    assert listed.split(", ") == list(module.PRESETS)  # every preset's name, before the flags
+
+
+@pytest.mark.parametrize("module", ["ppo", "bpo", "bpo_traj"])
+def test_sweep_help_lists_the_sweepable_keys(module, tmp_path, capsys):
+    module = __import__(module)
+    with pytest.raises(SystemExit) as e:
+        module.run(module.Args(sweep=("help",), output_dir=str(tmp_path / "out")))
+    assert e.value.code == 0 and not (tmp_path / "out").exists()
+    assert "the keys that can be swept: " + ", ".join(module.SWEEPABLE) in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("module", ["ppo", "bpo", "bpo_traj"])
+def test_non_finite_or_absurd_rates_are_one_line_errors(module, tmp_path):
+    """--learning-rate inf once trained a whole budget of diverged seeds; inf stays allowed where it
+    means no clipping (--max-grad-norm; BPO's --clip-rho, --clip-c)."""
+    import math
+
+    import runner
+
+    module = __import__(module)
+    for flags, message in [
+        (dict(learning_rate=math.inf), "--learning-rate must be a finite number, got inf"),
+        (dict(learning_rate=math.nan), "--learning-rate must be a finite number, got nan"),
+        (dict(learning_rate=1e30), "--learning-rate must be in (0, 1], got 1e+30"),
+        (dict(ent_coef=math.inf), "--ent-coef must be a finite number"),
+        (dict(adam_eps=math.inf), "--adam-eps must be a finite number"),
+        (dict(reward_scale=math.inf), "--reward-scale must be a finite number"),
+        (dict(sweep=("learning_rate=3e-4,inf",)), "--learning-rate must be a finite number, got inf"),
+        (dict(sweep=("learning_rate=3e-4,1e30",)), "--learning-rate must be in (0, 1]"),
+    ]:
+        out = tmp_path / "out"
+        with pytest.raises(runner.ConfigError) as e:  # (a tiny budget, should it run after all)
+            module.run(
+                module.Args(
+                    **flags, total_timesteps=1024, num_envs=4, num_steps=32, minibatch_size=64, output_dir=str(out)
+                )
+            )
+        assert message in str(e.value) and "\n" not in str(e.value) and not out.exists()
+    allowed = dict(max_grad_norm=math.inf) | ({} if module.__name__ == "ppo" else dict(clip_rho=math.inf))
+    module.validate(module.Args(**allowed))
+
+
+def test_a_budget_rounded_to_whole_rollouts_is_said(capsys):
+    """20,000 steps in rollouts of 4 x 128 = 512 are 39 rollouts, 19,968 steps: said, not silent."""
+    import ppo
+    import runner
+
+    args = ppo.Args(total_timesteps=20_000, eval_every=5_000, num_envs=4, num_steps=128, minibatch_size=128)
+    runner.plan_run(args, "ppo", ppo.validate, ppo.make_train, ppo.METRIC_COLUMNS, ppo.SWEEPABLE)
+    assert capsys.readouterr().out == (
+        "the run trains whole rollouts of 512 steps (--num-envs x --num-steps): "
+        "--total-timesteps 20,000 -> 19,968, --eval-every 5,000 -> 4,608\n"
+    )
+    runner.plan_run(
+        dataclasses.replace(args, total_timesteps=20_480, eval_every=5_120),
+        "ppo",
+        ppo.validate,
+        ppo.make_train,
+        ppo.METRIC_COLUMNS,
+        ppo.SWEEPABLE,
+    )
+    assert capsys.readouterr().out == ""
 
 
 @pytest.mark.parametrize("script", SCRIPTS[:1])
@@ -104,5 +170,7 @@ def test_overwrite_removes_the_previous_runs_outputs(tmp_path):
     for name in runner.OUTPUT_FILES + ("notes.txt",):
         (tmp_path / name).write_text("old")
     args = ppo.Args(output_dir=str(tmp_path), overwrite=True)
-    assert runner.prepare_output_dir(args, "ppo") == str(tmp_path)
+    folder = runner.prepare_output_dir(args, "ppo")
+    assert folder.path == str(tmp_path) and sorted(os.listdir(tmp_path)) == [runner.LOCK_FILE, "notes.txt"]
+    folder.release()
     assert os.listdir(tmp_path) == ["notes.txt"]

@@ -4,12 +4,15 @@ and flagged; the other seeds train on with exactly the numbers of a clean run. A
 import csv
 import glob
 import json
+import os
 import struct
+from typing import Callable
 
 import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import compare
 import ppo
@@ -25,18 +28,38 @@ TINY = dict(
     eval_episodes=2,
 )
 
+# tests/test_sweep.py's run (the same compiled program)
+SWEEP_TINY = dict(
+    total_timesteps=1024,
+    num_envs=4,
+    num_steps=32,
+    minibatch_size=64,
+    num_epochs=2,
+    eval_every=512,
+    eval_episodes=2,
+    checkpoint_every=1,
+    anneal_lr=False,
+    anneal_clip=False,
+)
+
 
 def poisoned(seed_index: int, after_iterations: int):
     """ppo.make_train whose seed `seed_index` (its place on the vmapped "seeds" axis) gets NaN
     parameters at the end of every interval past `after_iterations` iterations."""
+    return poisoned_where(lambda row, iteration: (row == seed_index) & (iteration > after_iterations))
+
+
+def poisoned_where(bad: Callable):
+    """ppo.make_train whose rows get NaN parameters at the end of every interval where
+    bad(row on the vmapped "seeds" axis, iteration) holds."""
 
     def make_train(args, env):
         trainer = ppo.make_train(args, env)
 
         def train_interval(state, num_active):
             state, metrics = trainer.train_interval(state, num_active)
-            bad = (jax.lax.axis_index("seeds") == seed_index) & (state.iteration > after_iterations)
-            return state._replace(params=jax.tree.map(lambda x: jnp.where(bad, jnp.nan, x), state.params)), metrics
+            nan = bad(jax.lax.axis_index("seeds"), state.iteration)
+            return state._replace(params=jax.tree.map(lambda x: jnp.where(nan, jnp.nan, x), state.params)), metrics
 
         return trainer._replace(train_interval=train_interval)
 
@@ -113,3 +136,69 @@ def test_tensorboard_holds_every_metric_of_every_seed_and_the_mean(tmp_path):
     assert means[1536] == np.float32(summary["final_eval_return_mean"])
     assert any("config" in t for t in texts)
     assert json.load(open(tmp_path / "config.json"))["args"]["tensorboard"] is True
+
+
+def test_a_run_stops_when_every_seed_has_diverged(tmp_path, capsys, monkeypatch):
+    """A sweep (2 members x 2 seeds) whose member 1 diverges in the 1st interval trains on; stopped by
+    SIGINT after the 2nd, it prints its closing table (it raised TypeError there, and exited 1) and
+    the resume command, and exits 130. Resumed, member 0 diverges in the 3rd interval, and there the
+    run stops, with every output written and exit code 3 (it used to train nothing to the end of
+    the budget and exit 0). The divergence is flagged on the host, as the compiled guard flags it,
+    so the program is tests/test_sweep.py's (compiled once)."""
+    import signal
+
+    import runner
+
+    compile_program, bad_rows = runner.compile_program, []
+
+    def diverging(plan, state):
+        compiled, seconds = compile_program(plan, state)
+
+        def program(state, hp, n):
+            state, metrics = compiled(state, hp, n)
+            bad = np.isin(np.arange(4), bad_rows)  # rows: member-major
+            return state, {**metrics, "finite": metrics["finite"] & ~bad}
+
+        return program, seconds
+
+    def stop_at_1024(row):
+        if row["env_steps"] == 1024 and row["member"] == 1 and row["seed"] == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, as the run's last interval row is written
+
+    def main(args, row_warning=None):
+        with pytest.raises(SystemExit) as e:
+            runner.main(
+                lambda argv: args,
+                lambda a: runner.run(
+                    a, "ppo", ppo.validate, ppo.make_train, ppo.METRIC_COLUMNS, ppo.SWEEPABLE, row_warning
+                ),
+            )
+        return e.value.code, capsys.readouterr().out
+
+    monkeypatch.setattr(runner, "compile_program", diverging)
+    monkeypatch.setattr(runner, "_AS_SCRIPT", False)  # main() sets it
+    bad_rows[:] = [2, 3]
+    args = ppo.Args(
+        **{**SWEEP_TINY, "total_timesteps": 2048}, num_seeds=2, sweep=("ent_coef=0.0,0.01",), output_dir=str(tmp_path)
+    )
+    code, printed = main(args, stop_at_1024)
+    assert code == runner.EXIT_INTERRUPTED
+    assert "member 1 (ent_coef=0.01): no final eval return: every seed diverged (0 of 2 seeds)" in printed
+    assert "member 0 (ent_coef=0): mean final eval return " in printed
+    assert f"every output describes that point; resume with: python ppo.py --resume {tmp_path}" in printed
+
+    bad_rows[:] = [0, 1, 2, 3]
+    code, printed = main(ppo.parse_args(["--resume", str(tmp_path)]))
+    assert code == runner.EXIT_DIVERGED
+    assert "every seed of every member has diverged: stopped after 1,536 env steps per seed" in printed
+    summary = json.load(open(tmp_path / "summary.json"))
+    assert summary["all_diverged"] and not summary["completed"] and not summary["interrupted"]
+    assert summary["env_steps"] == 1536 and summary["final_eval_return_mean"] == [None, None]
+    assert summary["diverged"] == {"0/0": 1536, "0/1": 1536, "1/0": 512, "1/1": 512}
+    rows = read_rows(tmp_path)
+    assert len(rows) == 3 * 4  # 3 of the budget's 4 intervals
+    assert [r["diverged"] for r in rows if r["member"] == "0"] == ["0"] * 4 + ["1"] * 2
+    for name in ("params.msgpack", "curves.png", "config.json"):
+        assert (tmp_path / name).exists()
+    with pytest.raises(runner.ConfigError, match="every seed of this run has diverged; nothing is left to train"):
+        ppo.run(ppo.parse_args(["--resume", str(tmp_path)]))
