@@ -1697,7 +1697,15 @@ SWEEPABLE = (
 
 # Flags added after runs of this script were made, and the value such a run behaved as: its
 # config.json lacks them, and --resume fills them in (runner.resumed_args).
-OLD_RUN_VALUES = dict(freeze_pi=False, variance_reward="reference")
+OLD_RUN_VALUES = dict(
+    freeze_pi=False,
+    variance_reward="reference",
+    q_hat_head="softplus",
+    mu_form="network",
+    mu_temper=1.0,
+    mu_mix=1.0,
+    mu_target="second-moment",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> Args:

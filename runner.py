@@ -268,6 +268,10 @@ RESUME_MAY_CHANGE = (
 )
 
 
+# RunArgs flags added after runs were made, and the value such a run behaved as (see resumed_args)
+RUN_ARGS_OLD_VALUES = dict(capture_video=False, capture_video_every=0)
+
+
 def resumed_args(args_type, folder: str, argv, description: str, old_run_values: dict | None = None):
     """The configuration saved in folder/config.json, with the flags given; a one-line error for a
     flag that would change the run.
@@ -286,7 +290,7 @@ def resumed_args(args_type, folder: str, argv, description: str, old_run_values:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"--resume {folder!r}: its config.json cannot be read ({type(e).__name__}: {e})") from None
     fields = {f.name: f for f in dataclasses.fields(args_type)}
-    for name, value in (old_run_values or {}).items():
+    for name, value in {**RUN_ARGS_OLD_VALUES, **(old_run_values or {})}.items():
         if name in fields and name not in saved:
             saved[name] = value
             if value != fields[name].default:
