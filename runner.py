@@ -229,7 +229,7 @@ def resumed_args(args_type, folder: str, argv, description: str):
         raise ConfigError(f"--resume writes into {folder!r}; --output-dir {args.output_dir!r} differs")
     # Exactly the uninterrupted run's numbers need the same compiled programs: the same jax and XLA flags.
     was, now = config.get("versions", {}), versions()
-    changed = [k for k in ("jax", "jaxlib", "XLA_FLAGS") if k in was and was[k] != now[k]]
+    changed = [k for k in ("jax", "jaxlib", "XLA_FLAGS", "env_reset") if k in was and was[k] != now.get(k)]
     if changed:
         print(
             f"warning: --resume {folder!r}: {', '.join(f'{k} {was[k]!r} is now {now[k]!r}' for k in changed)}; "
@@ -301,6 +301,10 @@ def make_env(args) -> envs.Env:
     """The environment the (validated) arguments name, with its time limit and action clipping."""
     env_id = envs.canonical_id(args.env_id)
     try:
+        envs.default_reset_mode()  # BPO_ENV_RESET, if set, names a mode
+    except ValueError as e:
+        raise ConfigError(str(e))
+    try:
         env = envs.make(env_id, args.env_backend, args.max_episode_steps or None, args.clip_actions)
     except ModuleNotFoundError as e:  # an optional suite (MuJoCo Playground) that is not installed
         raise ConfigError(str(e))
@@ -366,6 +370,8 @@ def versions() -> dict:
             out[pkg] = None
     out["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "")  # compilation options (see CPU_XLA_FLAG)
     out["cpu_threefry"] = "unrolled" if CPU_THREEFRY_UNROLLED else "jax's default"  # same numbers either way
+    with contextlib.suppress(ValueError):  # a bad BPO_ENV_RESET is reported by make_env
+        out["env_reset"] = envs.default_reset_mode()  # how episode ends get new starts (envs/core.py)
     return out
 
 
