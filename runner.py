@@ -85,6 +85,15 @@ def configure_jax() -> None:
         CPU_THREEFRY_UNROLLED = True
 
 
+def donate_state() -> bool:
+    """Whether the compiled interval takes over the training state's buffers (jax.jit's
+    donate_argnums): on a GPU or TPU, so the state (replay buffers included) is not held twice in
+    device memory; not on a CPU, where memory is the host's and the recorded figures were measured.
+    The same numbers either way. BPO_DONATE=1 or 0 forces it."""
+    forced = os.environ.get("BPO_DONATE", "")
+    return forced == "1" if forced in ("0", "1") else jax.default_backend() != "cpu"
+
+
 OUTPUT_FILES = ("config.json", "metrics.csv", "summary.json", "params.msgpack", "curves.png")
 OUTPUT_FOLDERS = ("checkpoints", "tb")
 EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
@@ -423,16 +432,18 @@ class _StopRequest:
 
     def __init__(self):
         self.signal = None
+        self.droppable = True  # False once the state before the interval in flight was donated
 
     def __call__(self, signum, frame):
-        if self.signal is not None and signum == signal.SIGINT:
+        if self.signal is not None and signum == signal.SIGINT and self.droppable:
             raise KeyboardInterrupt
         self.signal = signum
-        print(
-            f"\n{signal.Signals(signum).name}: stopping after the interval in flight "
-            "(Ctrl-C again to stop now and lose it)",
-            flush=True,
+        again = (
+            "Ctrl-C again to stop now and lose it"
+            if self.droppable
+            else "its input state was donated to the device program, so it cannot be dropped"
         )
+        print(f"\n{signal.Signals(signum).name}: stopping after the interval in flight ({again})", flush=True)
 
     @contextlib.contextmanager
     def installed(self):
@@ -521,21 +532,20 @@ DIVERGENCE_METRICS = ("eval_return", "pg_loss", "v_loss")  # nan or inf here: th
 
 def guarded(train_interval: Callable) -> Callable:
     """train_interval, whose metrics also say (under "finite") whether the seed's parameters and
-    watched metrics are all finite: the check is compiled into the same program."""
+    watched metrics are all finite: the check is compiled into the same program. A seed that is
+    frozen (diverged before) or goes non-finite now comes out with the state it went in with (its
+    last finite one), so the host needs no copy of the input state (which may be donated)."""
 
-    def interval(state, num_active):
-        state, metrics = train_interval(state, num_active)
-        ok = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state.params) if jnp.issubdtype(x.dtype, jnp.floating)]
+    def interval(state, num_active, frozen=False):
+        new, metrics = train_interval(state, num_active)
+        ok = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(new.params) if jnp.issubdtype(x.dtype, jnp.floating)]
         ok += [jnp.isfinite(metrics[k]) for k in DIVERGENCE_METRICS if k in metrics]
-        return state, {**metrics, "finite": jnp.all(jnp.stack(ok))}
+        finite = jnp.all(jnp.stack(ok))
+        keep = frozen | ~finite
+        new = jax.tree.map(lambda n, o: jnp.where(keep, o, n), new, state)
+        return new, {**metrics, "finite": finite}
 
     return interval
-
-
-def keep_frozen(frozen: np.ndarray, new, old):
-    """`new`, except that the frozen seeds keep `old` (their last finite state)."""
-    mask = jnp.asarray(frozen)
-    return jax.tree.map(lambda n, o: jnp.where(mask.reshape((-1,) + (1,) * (n.ndim - 1)), o, n), new, old)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -700,6 +710,7 @@ class Plan(NamedTuple):
     batch: int  # env steps per seed per iteration
     metric_columns: tuple[str, ...]
     columns: tuple[str, ...]  # metrics.csv's header
+    donate: bool = False  # the program takes over the state's buffers (donate_state())
 
 
 def run(
@@ -772,10 +783,14 @@ def plan_run(args, algo, validate_args, make_train, metric_columns, sweepable) -
     hp = sweep_inputs(sweep, len(seeds))
     values = with_values(make_train, args, env)
     init = lambda key, hp: values(hp).init(key)  # noqa: E731
+    donate = donate_state()
     program = jax.jit(
         jax.vmap(
-            lambda state, hp, n: guarded(values(hp).train_interval)(state, n), in_axes=(0, 0, None), axis_name="seeds"
-        )
+            lambda state, hp, n, frozen: guarded(values(hp).train_interval)(state, n, frozen),
+            in_axes=(0, 0, None, 0),
+            axis_name="seeds",
+        ),
+        donate_argnums=(0,) if donate else (),  # the state's input buffers become its output's
     )
     if sweep.keys:
         like = jax.eval_shape(init, jax.random.PRNGKey(0), {k: v[0] for k, v in hp.items()})
@@ -784,6 +799,7 @@ def plan_run(args, algo, validate_args, make_train, metric_columns, sweepable) -
             jax.tree.map(lambda x: jax.ShapeDtypeStruct((len(runs), *x.shape), x.dtype), like),
             hp,
             jnp.int32(0),
+            np.zeros(len(runs), bool),
         )
     if jax.process_count() > 1 and (args.checkpoint_every or args.resume is not None):
         raise ConfigError(
@@ -807,6 +823,7 @@ def plan_run(args, algo, validate_args, make_train, metric_columns, sweepable) -
         batch=args.num_envs * args.num_steps,
         metric_columns=tuple(metric_columns),
         columns=lead + tuple(metric_columns) + ("diverged",),
+        donate=donate,
     )
 
 
@@ -831,7 +848,10 @@ def compile_program(plan: Plan, stop: _StopRequest):
     try:
         t0 = time.perf_counter()
         state = jax.block_until_ready(init_seeds(plan.init, [s for _, s in plan.runs], plan.hp))
-        compiled = plan.program.lower(plan.place.put(state), plan.place.put(plan.hp), jnp.int32(0)).compile()
+        frozen = np.zeros(len(plan.runs), bool)
+        compiled = plan.program.lower(
+            plan.place.put(state), plan.place.put(plan.hp), jnp.int32(0), plan.place.put(frozen)
+        ).compile()
         return state, compiled, time.perf_counter() - t0
     except KeyboardInterrupt:
         stop.signal = stop.signal or signal.SIGINT
@@ -888,6 +908,7 @@ def train_intervals(plan: Plan, out, compiled, state, progress, rows, manager, s
     frozen = np.array([name in progress["diverged"] for name in plan.names])
     hp_in = plan.place.put(plan.hp)
     state = plan.place.put(state)  # from here on: the program's layout (padded, sharded)
+    stop.droppable = not plan.donate
     done_iters, saved_at = progress["done_iters"], progress["done_iters"]
     t_train = time.perf_counter()
     with open(os.path.join(out, "metrics.csv"), "a" if resuming else "w", newline="") as csv_file:
@@ -899,7 +920,7 @@ def train_intervals(plan: Plan, out, compiled, state, progress, rows, manager, s
                 n = min(trainer.iters_per_interval, trainer.num_iterations - done_iters)
                 # Dispatch is asynchronous: `state` is rebound only once the interval's metrics are on
                 # the host and written, so it always matches metrics.csv.
-                next_state, metrics = compiled(state, hp_in, jnp.int32(n))
+                next_state, metrics = compiled(state, hp_in, jnp.int32(n), plan.place.put(frozen))
                 metrics = jax.device_get(plan.place.get(metrics))
                 newly = ~metrics.pop("finite") & ~frozen
                 with _signals_deferred() as caught:
@@ -913,11 +934,7 @@ def train_intervals(plan: Plan, out, compiled, state, progress, rows, manager, s
                             flush=True,
                         )
                     frozen = frozen | newly
-                    if frozen.any():
-                        padded = np.concatenate([frozen, np.repeat(frozen[-1:], plan.place.padding)])
-                        state = keep_frozen(padded, next_state, state)
-                    else:
-                        state = next_state
+                    state = next_state  # a frozen seed's is its last finite state (guarded)
                     done_iters += n
                     new_rows = metric_rows(sweep, plan.runs, steps, metrics, plan.columns, frozen)
                     writer.writerows(new_rows)
@@ -1078,7 +1095,8 @@ def write_outputs(out, plan: Plan, state, rows, progress, compile_seconds, check
         env_steps_per_second=done_iters * batch * len(runs) / max(train_seconds, 1e-9),
         compile_seconds=compile_seconds,
         train_seconds=train_seconds,
-        peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        peak_host_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # the process's peak RSS
+        peak_device_memory_mb=peak_device_memory_mb(plan.place.devices),  # null on a CPU
         checkpoints_saved=len(progress["checkpoint_seconds"]),
         checkpoint_seconds_mean=float(np.mean(progress["checkpoint_seconds"]))
         if progress["checkpoint_seconds"]
@@ -1115,9 +1133,29 @@ def write_outputs(out, plan: Plan, state, rows, progress, compile_seconds, check
     mean = "" if sweep.keys else f"mean final eval return {means[0]} over {counts[0]} of {len(seeds)} seeds | "
     print(
         f"\n{mean}{summary['env_steps_per_second']:,.0f} env steps/s | compile {compile_seconds:.1f}s | "
-        f"train {train_seconds:.1f}s | peak memory {summary['peak_memory_mb']:.0f} MB\noutputs in {out}"
+        f"train {train_seconds:.1f}s | peak host memory {summary['peak_host_memory_mb']:.0f} MB"
+        + (
+            f" | peak device memory {summary['peak_device_memory_mb']:.0f} MB"
+            if summary["peak_device_memory_mb"] is not None
+            else ""
+        )
+        + f"\noutputs in {out}"
     )
     return summary
+
+
+def peak_device_memory_mb(devices) -> float | None:
+    """The most memory any of the devices has held at once in this process (the allocator's
+    peak_bytes_in_use, MiB), where the backend reports it (GPU, TPU); None on a CPU."""
+    peaks = []
+    for d in devices:
+        try:
+            stats = d.memory_stats() or {}
+        except Exception:  # a backend without memory statistics
+            stats = {}
+        if "peak_bytes_in_use" in stats:
+            peaks.append(stats["peak_bytes_in_use"] / 2**20)
+    return max(peaks) if peaks else None
 
 
 def main(parse: Callable, run_fn: Callable, argv=None) -> None:
