@@ -37,6 +37,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -455,6 +456,29 @@ class _StopRequest:
                 signal.signal(s, handler)
 
 
+HEARTBEAT_SECONDS = 30.0  # a line this often while a compilation or an interval is in flight
+
+
+@contextlib.contextmanager
+def heartbeat(message: Callable[[float], str], every: float | None = None):
+    """Print message(seconds elapsed) every `every` seconds (HEARTBEAT_SECONDS, or the environment's
+    BPO_HEARTBEAT_SECONDS) until the block ends: a long compilation or interval shows it is alive."""
+    every = every or float(os.environ.get("BPO_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS))
+    done, t0 = threading.Event(), time.perf_counter()
+
+    def beat():
+        while not done.wait(every):
+            print(message(time.perf_counter() - t0), flush=True)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
 @contextlib.contextmanager
 def _signals_deferred():
     """While outputs are written, a signal is noted, not raised: no half-written file."""
@@ -847,12 +871,27 @@ def compile_program(plan: Plan, stop: _StopRequest):
     during compilation is noted in `stop`: nothing was computed."""
     try:
         t0 = time.perf_counter()
-        state = jax.block_until_ready(init_seeds(plan.init, [s for _, s in plan.runs], plan.hp))
-        frozen = np.zeros(len(plan.runs), bool)
-        compiled = plan.program.lower(
-            plan.place.put(state), plan.place.put(plan.hp), jnp.int32(0), plan.place.put(frozen)
-        ).compile()
-        return state, compiled, time.perf_counter() - t0
+        device = plan.place.devices[0]
+        print(
+            f"[{plan.algo} {plan.env_id}] compiling the training program ({len(plan.runs)} rows on "
+            f"{len(plan.place.devices)} {device.platform} device(s): {device.device_kind})",
+            flush=True,
+        )
+        with heartbeat(lambda t: f"[{plan.algo} {plan.env_id}] still compiling: {t:.0f}s"):
+            state = jax.block_until_ready(init_seeds(plan.init, [s for _, s in plan.runs], plan.hp))
+            frozen = np.zeros(len(plan.runs), bool)
+            compiled = plan.program.lower(
+                plan.place.put(state), plan.place.put(plan.hp), jnp.int32(0), plan.place.put(frozen)
+            ).compile()
+        seconds = time.perf_counter() - t0
+        trainer = plan.trainer
+        print(
+            f"[{plan.algo} {plan.env_id}] compiled in {seconds:.1f}s; an evaluation interval is "
+            f"{trainer.iters_per_interval} iteration(s) of {plan.batch:,} env steps per seed, "
+            f"{trainer.num_iterations} iteration(s) in all",
+            flush=True,
+        )
+        return state, compiled, seconds
     except KeyboardInterrupt:
         stop.signal = stop.signal or signal.SIGINT
         return None, None, 0.0
@@ -921,7 +960,13 @@ def train_intervals(plan: Plan, out, compiled, state, progress, rows, manager, s
                 # Dispatch is asynchronous: `state` is rebound only once the interval's metrics are on
                 # the host and written, so it always matches metrics.csv.
                 next_state, metrics = compiled(state, hp_in, jnp.int32(n), plan.place.put(frozen))
-                metrics = jax.device_get(plan.place.get(metrics))
+                with heartbeat(
+                    lambda t: (
+                        f"[{plan.algo} {plan.env_id}] interval to {(done_iters + n) * batch:,} steps "
+                        f"in flight: {t:.0f}s"
+                    )
+                ):
+                    metrics = jax.device_get(plan.place.get(metrics))
                 newly = ~metrics.pop("finite") & ~frozen
                 with _signals_deferred() as caught:
                     steps = (done_iters + n) * batch
