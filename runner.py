@@ -580,16 +580,21 @@ DIVERGENCE_METRICS = ("eval_return", "pg_loss", "v_loss")  # nan or inf here: th
 def guarded(train_interval: Callable) -> Callable:
     """train_interval, whose metrics also say (under "finite") whether the seed's parameters and
     watched metrics are all finite: the check is compiled into the same program. A seed that is
-    frozen (diverged before) or goes non-finite now comes out with the state it went in with (its
-    last finite one), so the host needs no copy of the input state (which may be donated)."""
+    frozen (diverged before) or goes non-finite now keeps the parameters and observation statistics
+    it went in with (its last finite ones: what params.msgpack saves), so the host needs no copy of
+    the input state (which may be donated). Only those are kept: a copy of the whole state (replay
+    buffers, environments) would hold it twice on the device during the interval; the rest of a
+    frozen seed's state is never read again."""
 
     def interval(state, num_active, frozen=False):
         new, metrics = train_interval(state, num_active)
         ok = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(new.params) if jnp.issubdtype(x.dtype, jnp.floating)]
         ok += [jnp.isfinite(metrics[k]) for k in DIVERGENCE_METRICS if k in metrics]
         finite = jnp.all(jnp.stack(ok))
-        keep = frozen | ~finite
-        new = jax.tree.map(lambda n, o: jnp.where(keep, o, n), new, state)
+        keep = lambda n, o: jnp.where(frozen | ~finite, o, n)  # noqa: E731
+        new = new._replace(
+            params=jax.tree.map(keep, new.params, state.params), obs_rms=jax.tree.map(keep, new.obs_rms, state.obs_rms)
+        )
         return new, {**metrics, "finite": finite}
 
     return interval

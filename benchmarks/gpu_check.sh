@@ -12,6 +12,7 @@
 #                                             # CartPole-v1 in place of ant, 32 seeds in place of 256
 #
 # Environment: GPU_CHECK_OUT (the folder for logs and outputs, default runs/gpu_check),
+# GPU_CHECK_BUDGET (seconds for all the steps: 590, or 1200 with --cpu, whose step limits are 3x),
 # GPU_CHECK_VENV (an existing venv to use instead of installing: a machine without network access
 # needs one, or PIP_FIND_LINKS pointing at a wheelhouse), GPU_CHECK_ENV (the env id of the
 # throughput steps), GPU_CHECK_SEEDS (the seeds of the CartPole run).
@@ -20,7 +21,8 @@ cd "$(dirname "$0")/.."
 MODE=gpu
 [[ "${1:-}" == "--cpu" ]] && MODE=cpu
 OUT=${GPU_CHECK_OUT:-runs/gpu_check}
-BUDGET=${GPU_CHECK_BUDGET:-590}  # seconds for every step together
+# Seconds for every step together, and a factor on each step's limit (a CPU compiles and trains slower).
+if [[ $MODE == gpu ]]; then BUDGET=${GPU_CHECK_BUDGET:-590} SCALE=1; else BUDGET=${GPU_CHECK_BUDGET:-1200} SCALE=3; fi
 rm -rf "$OUT/cartpole" && mkdir -p "$OUT" && : > "$OUT/steps.tsv"
 export JAX_COMPILATION_CACHE_DIR="$OUT/jax-cache"  # --resume recompiles the same program: cached
 export BPO_HEARTBEAT_SECONDS=30
@@ -28,7 +30,7 @@ START=$(date +%s)
 
 # step NAME LIMIT COMMAND...: run it under its time limit, log to $OUT/NAME.log, note its outcome.
 step() {
-    local name=$1 limit=$2
+    local name=$1 limit=$(($2 * SCALE))
     shift 2
     local left=$((BUDGET - ($(date +%s) - START)))
     ((limit > left)) && limit=$left
@@ -67,8 +69,8 @@ fi
 # A Brax id gets mujoco_ppo (bpo.py: + ppo_bpo_zero1.0) without --preset; name them for the add-on.
 if [[ $ENV_ID == CartPole-v1 ]]; then PPO_BASE=cartpole_ppo; else PPO_BASE=mujoco_ppo; fi
 TP=("$PY" throughput.py --training-only --iterations 1 --repeats 2)
-step ppo "${LIMIT_PPO:-100}" "${TP[@]}" --out "$OUT/ppo.json" ppo.py --env-id "$ENV_ID" --num-seeds 16 --preset $PPO_BASE
-step bpo "${LIMIT_BPO:-120}" "${TP[@]}" --out "$OUT/bpo.json" bpo.py --env-id "$ENV_ID" --num-seeds 16 --preset $PPO_BASE ppo_bpo_zero1.0
+step ppo 100 "${TP[@]}" --out "$OUT/ppo.json" ppo.py --env-id "$ENV_ID" --num-seeds 16 --preset $PPO_BASE
+step bpo 120 "${TP[@]}" --out "$OUT/bpo.json" bpo.py --env-id "$ENV_ID" --num-seeds 16 --preset $PPO_BASE ppo_bpo_zero1.0
 step ppo_wide 70 "${TP[@]}" --out "$OUT/ppo_wide.json" ppo.py --env-id "$ENV_ID" --num-seeds 16 --preset $PPO_BASE wide_rollout
 step bpo_wide 90 "${TP[@]}" --out "$OUT/bpo_wide.json" bpo.py --env-id "$ENV_ID" --num-seeds 16 --preset $PPO_BASE ppo_bpo_zero1.0 wide_rollout
 # 5 intervals of 2 iterations (256 env steps each) per seed, a checkpoint after each; then 2 more by --resume.

@@ -53,3 +53,29 @@ def test_no_host_round_trip_in_the_step_on_gpu_ant(script):
     """ant (MJX), 2 seeds, as a GPU run gets it (select): no host round trip per step."""
     select = gpu_syncs.count(script, ["--env-id", "ant", "--num-seeds", "2"], "select")
     assert select["step"]["syncs"] == 0 and select["iteration"]["syncs"] == 0
+
+
+def test_gpu_check_table_prints_every_step_failed_or_not(tmp_path):
+    """benchmarks/gpu_check.sh's table: a row per step, the figures of the steps that wrote them,
+    the failed and timed-out ones marked, the CPU figures beside ant's."""
+    import json
+
+    import gpu_check_table
+
+    (tmp_path / "steps.tsv").write_text(
+        "install\tok\t120\njax_sees_gpu\tok\t3\nppo\tok\t50\nbpo\ttimed out (120s)\t120\n"
+        "cartpole_run\tok\t40\ncartpole_resume\tfailed (exit 1)\t5\n"
+    )
+    (tmp_path / "ppo.json").write_text(
+        json.dumps(dict(train_env_steps_per_second=123456.0, train_compile_seconds=12.3, peak_device_memory_mb=2048))
+    )
+    (tmp_path / "cartpole_run_summary.json").write_text(
+        json.dumps(dict(env_steps=2560, completed=True, env_steps_per_second=9999.0, compile_seconds=20.0))
+    )
+    text = gpu_check_table.table(str(tmp_path), "gpu", "ant", "256")
+    assert "| install | ok | 120 |" in text
+    assert "| ppo.py, 16 seeds | ok | 50 | 123,456 | 12.3 | 2,048 | 11,475/s, compile 31.9 s |" in text
+    assert "| bpo.py, 16 seeds | timed out (120s) | 120 |" in text
+    assert "| ppo.py, 16 seeds + wide_rollout | not run |" in text
+    assert "| bpo.py, 256 seeds, CartPole-v1 | ok, 2,560 of 2,560 steps | 40 | 9,999 | 20.0 |" in text
+    assert "| bpo.py, 256 seeds, CartPole-v1, --resume | failed (exit 1) | 5 |" in text
