@@ -1007,7 +1007,7 @@ def train_intervals(plan: Plan, out, compiled, state, progress, rows, manager, s
                             flush=True,
                         )
                     frozen = frozen | newly
-                    state = next_state  # a frozen seed's is its last finite state (guarded)
+                    state = next_state  # a frozen seed keeps its last finite parameters in it (guarded)
                     done_iters += n
                     new_rows = metric_rows(sweep, plan.runs, steps, metrics, plan.columns, frozen)
                     writer.writerows(new_rows)
