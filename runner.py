@@ -49,6 +49,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from typing import Any, Callable, NamedTuple
@@ -136,6 +137,15 @@ EXIT_DIVERGED = 3
 EXIT_WRITE_FAILED = 4
 
 
+def donate_state() -> bool:
+    """Whether the compiled interval takes over the training state's buffers (jax.jit's
+    donate_argnums): on a GPU or TPU, so the state (replay buffers included) is not held twice in
+    device memory; not on a CPU, where memory is the host's and the recorded figures were measured.
+    The same numbers either way. BPO_DONATE=1 or 0 forces it."""
+    forced = os.environ.get("BPO_DONATE", "")
+    return forced == "1" if forced in ("0", "1") else jax.default_backend() != "cpu"
+
+
 MAX_LEARNING_RATE = 1.0  # a larger --learning-rate is an error, not a run
 
 
@@ -204,11 +214,34 @@ def from_reference_names(values: dict) -> dict:
     return values
 
 
+WIDE_ROLLOUT_STEPS = 32
+
+
+def wide_rollout(args) -> dict:
+    """The add-on preset `wide_rollout`, for GPUs and TPUs: the same env steps per iteration in
+    rollouts of WIDE_ROLLOUT_STEPS steps from proportionally more environments (mujoco_ppo: 64 envs
+    x 32 steps instead of 1 x 2048), so a GPU steps many environments at once. The algorithm and
+    every other setting stay; what changes is the data: more, shorter trajectory pieces, each
+    bootstrapped from V at its end. A rollout already this short (or not a multiple of it) is left."""
+    if args.num_steps <= WIDE_ROLLOUT_STEPS or args.num_steps % WIDE_ROLLOUT_STEPS:
+        return {}
+    factor = args.num_steps // WIDE_ROLLOUT_STEPS
+    return dict(num_envs=args.num_envs * factor, num_steps=WIDE_ROLLOUT_STEPS)
+
+
+# Add-on presets every script shares, computed from the settings before them (applied in order).
+ADDON_PRESETS: dict[str, Callable[[Any], dict]] = {"wide_rollout": wide_rollout}
+
+
 def apply_presets(args, presets: dict[str, dict], names) -> Any:
-    """`args` with the named presets applied in order (a later preset wins where two set a field)."""
+    """`args` with the named presets applied in order (a later preset wins where two set a field);
+    an add-on of ADDON_PRESETS is computed from the settings the presets before it left."""
     for name in names:
+        if name in ADDON_PRESETS and name not in presets:
+            args = dataclasses.replace(args, **ADDON_PRESETS[name](args))
+            continue
         if name not in presets:
-            raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(presets)}")
+            raise ConfigError(f"unknown preset {name!r}; choose from {', '.join([*presets, *ADDON_PRESETS])}")
         args = dataclasses.replace(args, **from_reference_names(presets[name]))
     return dataclasses.replace(args, preset=tuple(names))
 
@@ -322,7 +355,7 @@ def resumed_args(args_type, folder: str, argv, description: str, old_run_values:
         raise ConfigError(f"--resume writes into {folder!r}; --output-dir {args.output_dir!r} differs")
     # Exactly the uninterrupted run's numbers need the same compiled programs: the same jax and XLA flags.
     was, now = config.get("versions", {}), versions()
-    changed = [k for k in ("jax", "jaxlib", "XLA_FLAGS") if k in was and was[k] != now[k]]
+    changed = [k for k in ("jax", "jaxlib", "XLA_FLAGS", "env_reset") if k in was and was[k] != now.get(k)]
     if changed:
         print(
             f"warning: --resume {folder!r}: {', '.join(f'{k} {was[k]!r} is now {now[k]!r}' for k in changed)}; "
@@ -405,6 +438,10 @@ def validate(args) -> None:
 def make_env(args) -> envs.Env:
     """The environment the (validated) arguments name, with its time limit and action clipping."""
     env_id = envs.canonical_id(args.env_id)
+    try:
+        envs.default_reset_mode()  # BPO_ENV_RESET, if set, names a mode
+    except ValueError as e:
+        raise ConfigError(str(e))
     try:
         env = envs.make(env_id, args.env_backend, args.max_episode_steps or None, args.clip_actions)
     except ModuleNotFoundError as e:  # an optional suite (MuJoCo Playground) that is not installed
@@ -577,6 +614,8 @@ def versions() -> dict:
             out[pkg] = None
     out["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "")  # compilation options (see CPU_XLA_FLAG)
     out["cpu_threefry"] = "unrolled" if CPU_THREEFRY_UNROLLED else "jax's default"  # same numbers either way
+    with contextlib.suppress(ValueError):  # a bad BPO_ENV_RESET is reported by make_env
+        out["env_reset"] = envs.default_reset_mode()  # how episode ends get new starts (envs/core.py)
     return out
 
 
@@ -674,18 +713,20 @@ class _StopRequest:
     def __init__(self):
         self.signal = None
         self.abort: Callable[[int], None] | None = None
+        self.droppable = True  # False once the state before the interval in flight was donated
 
     def __call__(self, signum, frame):
         if self.abort is not None:
             self.abort(signum)
-        if self.signal is not None and signum == signal.SIGINT:
+        if self.signal is not None and signum == signal.SIGINT and self.droppable:
             raise KeyboardInterrupt
         self.signal = signum
-        print(
-            f"\n{signal.Signals(signum).name}: stopping after the interval in flight "
-            "(Ctrl-C again to stop now and lose it)",
-            flush=True,
+        again = (
+            "Ctrl-C again to stop now and lose it"
+            if self.droppable
+            else "its input state was donated to the device program, so it cannot be dropped"
         )
+        print(f"\n{signal.Signals(signum).name}: stopping after the interval in flight ({again})", flush=True)
 
     @contextlib.contextmanager
     def installed(self):
@@ -695,6 +736,29 @@ class _StopRequest:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+
+
+HEARTBEAT_SECONDS = 30.0  # a line this often while a compilation or an interval is in flight
+
+
+@contextlib.contextmanager
+def heartbeat(message: Callable[[float], str], every: float | None = None):
+    """Print message(seconds elapsed) every `every` seconds (HEARTBEAT_SECONDS, or the environment's
+    BPO_HEARTBEAT_SECONDS) until the block ends: a long compilation or interval shows it is alive."""
+    every = every or float(os.environ.get("BPO_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS))
+    done, t0 = threading.Event(), time.perf_counter()
+
+    def beat():
+        while not done.wait(every):
+            print(message(time.perf_counter() - t0), flush=True)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 @contextlib.contextmanager
@@ -954,21 +1018,25 @@ DIVERGENCE_METRICS = ("eval_return", "pg_loss", "v_loss")  # nan or inf here: th
 
 def guarded(train_interval: Callable) -> Callable:
     """train_interval, whose metrics also say (under "finite") whether the seed's parameters and
-    watched metrics are all finite: the check is compiled into the same program."""
+    watched metrics are all finite: the check is compiled into the same program. A seed that is
+    frozen (diverged before) or goes non-finite now keeps the parameters and observation statistics
+    it went in with (its last finite ones: what params.msgpack saves), so the host needs no copy of
+    the input state (which may be donated). Only those are kept: a copy of the whole state (replay
+    buffers, environments) would hold it twice on the device during the interval; the rest of a
+    frozen seed's state is never read again."""
 
-    def interval(state, num_active):
-        state, metrics = train_interval(state, num_active)
-        ok = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state.params) if jnp.issubdtype(x.dtype, jnp.floating)]
+    def interval(state, num_active, frozen=False):
+        new, metrics = train_interval(state, num_active)
+        ok = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(new.params) if jnp.issubdtype(x.dtype, jnp.floating)]
         ok += [jnp.isfinite(metrics[k]) for k in DIVERGENCE_METRICS if k in metrics]
-        return state, {**metrics, "finite": jnp.all(jnp.stack(ok))}
+        finite = jnp.all(jnp.stack(ok))
+        keep = lambda n, o: jnp.where(frozen | ~finite, o, n)  # noqa: E731
+        new = new._replace(
+            params=jax.tree.map(keep, new.params, state.params), obs_rms=jax.tree.map(keep, new.obs_rms, state.obs_rms)
+        )
+        return new, {**metrics, "finite": finite}
 
     return interval
-
-
-def keep_frozen(frozen: np.ndarray, new, old):
-    """`new`, except that the frozen seeds keep `old` (their last finite state)."""
-    mask = jnp.asarray(frozen)
-    return jax.tree.map(lambda n, o: jnp.where(mask.reshape((-1,) + (1,) * (n.ndim - 1)), o, n), new, old)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1136,6 +1204,7 @@ class Plan(NamedTuple):
     batch: int  # env steps per seed per iteration
     metric_columns: tuple[str, ...]
     columns: tuple[str, ...]  # metrics.csv's header
+    donate: bool = False  # the program takes over the state's buffers (donate_state())
 
 
 def run(
@@ -1178,9 +1247,15 @@ def _run(plan: Plan, folder: OutputFolder, stop: _StopRequest, row_warning) -> d
     is intact and how to go on."""
     args, out = plan.args, folder.path
     stop.abort = lambda signum: _abort_start(plan, folder, signum)
-    print(f"[{plan.algo} {plan.env_id}] compiling the training program ({len(plan.runs)} rows)", flush=True)
+    device = plan.place.devices[0]
+    print(
+        f"[{plan.algo} {plan.env_id}] compiling the training program ({len(plan.runs)} rows on "
+        f"{len(plan.place.devices)} {device.platform} device(s): {device.device_kind})",
+        flush=True,
+    )
     t0 = time.perf_counter()
-    state = jax.block_until_ready(init_seeds(plan.init, [s for _, s in plan.runs], plan.hp))
+    with heartbeat(lambda t: f"[{plan.algo} {plan.env_id}] still compiling: {t:.0f}s"):
+        state = jax.block_until_ready(init_seeds(plan.init, [s for _, s in plan.runs], plan.hp))
     init_seconds = time.perf_counter() - t0
     with _signals_deferred() as caught:  # files are cut and moved here: never half done
         state, progress, rows = start_or_resume(plan, out, state)
@@ -1297,10 +1372,14 @@ def plan_run(args, algo, validate_args, make_train, metric_columns, sweepable) -
     hp = sweep_inputs(sweep, len(seeds))
     values = with_values(make_train, args, env)
     init = lambda key, hp: values(hp).init(key)  # noqa: E731
+    donate = donate_state()
     program = jax.jit(
         jax.vmap(
-            lambda state, hp, n: guarded(values(hp).train_interval)(state, n), in_axes=(0, 0, None), axis_name="seeds"
-        )
+            lambda state, hp, n, frozen: guarded(values(hp).train_interval)(state, n, frozen),
+            in_axes=(0, 0, None, 0),
+            axis_name="seeds",
+        ),
+        donate_argnums=(0,) if donate else (),  # the state's input buffers become its output's
     )
     if sweep.keys:
         like = jax.eval_shape(init, jax.random.PRNGKey(0), {k: v[0] for k, v in hp.items()})
@@ -1309,6 +1388,7 @@ def plan_run(args, algo, validate_args, make_train, metric_columns, sweepable) -
             jax.tree.map(lambda x: jax.ShapeDtypeStruct((len(runs), *x.shape), x.dtype), like),
             hp,
             jnp.int32(0),
+            np.zeros(len(runs), bool),
         )
     if jax.process_count() > 1 and (args.checkpoint_every or args.resume is not None):
         raise ConfigError(
@@ -1336,6 +1416,7 @@ def plan_run(args, algo, validate_args, make_train, metric_columns, sweepable) -
         batch=args.num_envs * args.num_steps,
         metric_columns=tuple(metric_columns),
         columns=lead + tuple(metric_columns) + ("diverged",),
+        donate=donate,
     )
 
 
@@ -1383,10 +1464,23 @@ def output_folder(plan: Plan) -> OutputFolder:
 
 
 def compile_program(plan: Plan, state):
-    """The compiled program (of every row, for the initial states' shapes and layout) and its seconds."""
+    """The compiled program (of every row, for the initial states' shapes and layout) and its
+    seconds, with a line when it is compiled (and a heartbeat while it compiles)."""
     t0 = time.perf_counter()
-    compiled = plan.program.lower(plan.place.put(state), plan.place.put(plan.hp), jnp.int32(0)).compile()
-    return compiled, time.perf_counter() - t0
+    frozen = np.zeros(len(plan.runs), bool)
+    with heartbeat(lambda t: f"[{plan.algo} {plan.env_id}] still compiling: {t:.0f}s"):
+        compiled = plan.program.lower(
+            plan.place.put(state), plan.place.put(plan.hp), jnp.int32(0), plan.place.put(frozen)
+        ).compile()
+    seconds = time.perf_counter() - t0
+    trainer = plan.trainer
+    print(
+        f"[{plan.algo} {plan.env_id}] compiled in {seconds:.1f}s; an evaluation interval is "
+        f"{trainer.iters_per_interval} iteration(s) of {plan.batch:,} env steps per seed, "
+        f"{trainer.num_iterations} iteration(s) in all",
+        flush=True,
+    )
+    return compiled, seconds
 
 
 def start_or_resume(plan: Plan, out: str, state):
@@ -1466,6 +1560,7 @@ def train_intervals(plan: Plan, out, compiled, state, progress, rows, manager, s
     frozen = np.array([name in progress["diverged"] for name in plan.names])
     hp_in = plan.place.put(plan.hp)
     state = plan.place.put(state)  # from here on: the program's layout (padded, sharded)
+    stop.droppable = not plan.donate
     done_iters, saved_at = progress["done_iters"], progress["done_iters"]
     path = os.path.join(out, "metrics.csv")
     try:
@@ -1490,8 +1585,13 @@ def train_intervals(plan: Plan, out, compiled, state, progress, rows, manager, s
             n = min(trainer.iters_per_interval, trainer.num_iterations - done_iters)
             # Dispatch is asynchronous: `state` is rebound only once the interval's metrics are on
             # the host and written, so it always matches metrics.csv.
-            next_state, metrics = compiled(state, hp_in, jnp.int32(n))
-            metrics = jax.device_get(plan.place.get(metrics))
+            next_state, metrics = compiled(state, hp_in, jnp.int32(n), plan.place.put(frozen))
+            with heartbeat(
+                lambda t: (
+                    f"[{plan.algo} {plan.env_id}] interval to {(done_iters + n) * batch:,} steps in flight: {t:.0f}s"
+                )
+            ):
+                metrics = jax.device_get(plan.place.get(metrics))
             newly = ~metrics.pop("finite") & ~frozen
             eval_keys = np.asarray(metrics.pop("eval_key"))  # each row's evaluation key (uint32 [rows, 2])
             with _signals_deferred() as caught:
@@ -1505,11 +1605,7 @@ def train_intervals(plan: Plan, out, compiled, state, progress, rows, manager, s
                         flush=True,
                     )
                 frozen = frozen | newly
-                if frozen.any():
-                    padded = np.concatenate([frozen, np.repeat(frozen[-1:], plan.place.padding)])
-                    state = keep_frozen(padded, next_state, state)
-                else:
-                    state = next_state
+                state = next_state  # a frozen seed keeps its last finite parameters in it (guarded)
                 done_iters += n
                 # the key of each row's last evaluation (a frozen row's: of its last finite one),
                 # saved in params.msgpack so that evaluate.py repeats that evaluation exactly
@@ -1760,7 +1856,8 @@ def write_outputs(
         env_steps_per_second=done_iters * batch * len(runs) / max(train_seconds, 1e-9),
         compile_seconds=compile_seconds,
         train_seconds=train_seconds,
-        peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        peak_host_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # the process's peak RSS
+        peak_device_memory_mb=peak_device_memory_mb(plan.place.devices),  # null on a CPU
         checkpoints_saved=len(progress["checkpoint_seconds"]),
         checkpoint_seconds_mean=float(np.mean(progress["checkpoint_seconds"]))
         if progress["checkpoint_seconds"]
@@ -1797,7 +1894,13 @@ def write_outputs(
     mean = "" if sweep.keys else f"{final_mean_text(means[0], counts[0], len(seeds))} | "
     print(
         f"\n{mean}{summary['env_steps_per_second']:,.0f} env steps/s | compile {compile_seconds:.1f}s | "
-        f"train {train_seconds:.1f}s | peak memory {summary['peak_memory_mb']:.0f} MB\noutputs in {out}"
+        f"train {train_seconds:.1f}s | peak host memory {summary['peak_host_memory_mb']:.0f} MB"
+        + (
+            f" | peak device memory {summary['peak_device_memory_mb']:.0f} MB"
+            if summary["peak_device_memory_mb"] is not None
+            else ""
+        )
+        + f"\noutputs in {out}"
     )
     return summary
 
@@ -1807,6 +1910,20 @@ def final_mean_text(mean: float | None, count: int, num_seeds: int) -> str:
     if mean is None:
         return f"no final eval return: every seed diverged (0 of {num_seeds} seeds)"
     return f"mean final eval return {mean:.2f} over {count} of {num_seeds} seeds"
+
+
+def peak_device_memory_mb(devices) -> float | None:
+    """The most memory any of the devices has held at once in this process (the allocator's
+    peak_bytes_in_use, MiB), where the backend reports it (GPU, TPU); None on a CPU."""
+    peaks = []
+    for d in devices:
+        try:
+            stats = d.memory_stats() or {}
+        except Exception:  # a backend without memory statistics
+            stats = {}
+        if "peak_bytes_in_use" in stats:
+            peaks.append(stats["peak_bytes_in_use"] / 2**20)
+    return max(peaks) if peaks else None
 
 
 def main(parse: Callable, run_fn: Callable, argv=None) -> None:

@@ -53,6 +53,8 @@ class Bench:
     """rounds of timed calls (each program once per round) after compilation; medians are reported"""
     out: str = ""
     """if set, write the figures to this JSON file"""
+    training_only: bool = False
+    """time the training program alone (no ceiling or bare program: a third of the compilation)"""
 
 
 def random_actions(spec: envs.ActionSpec, key, n: int):
@@ -156,6 +158,31 @@ def measure(script: str, script_argv: list[str], bench: Bench) -> dict:
     state = jax.block_until_ready(runner.init_seeds(trainer.init, seeds))
 
     train_compiled, train_compile = compile_program(training_program(trainer, bench.iterations), state)
+    if bench.training_only:
+        train_times, state = time_interleaved(dict(train=(train_compiled, state, lambda y: y[0])), bench.repeats)[
+            "train"
+        ]
+        device = jax.devices()[0]
+        return dict(
+            script=f"{script}.py",
+            argv=script_argv,
+            env_id=envs.canonical_id(args.env_id),
+            num_seeds=len(seeds),
+            num_envs=args.num_envs,
+            num_steps=args.num_steps,
+            iterations=bench.iterations,
+            repeats=bench.repeats,
+            env_steps_per_call=steps,
+            train_env_steps_per_second=steps / float(np.median(train_times)),
+            train_seconds=train_times.tolist(),
+            train_compile_seconds=train_compile,
+            train_iterations_run=np.asarray(state.iteration).tolist(),
+            device=f"{device.platform}: {device.device_kind}",
+            peak_device_memory_mb=runner.peak_device_memory_mb(jax.devices()),
+            env_reset=envs.default_reset_mode(),
+            jax=jax.__version__,
+            args=dataclasses.asdict(args),
+        )
 
     keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds))
     env_state = jax.vmap(lambda k: jax.vmap(env.reset)(jax.random.split(k, args.num_envs))[1])(keys)
@@ -218,6 +245,8 @@ def measure(script: str, script_argv: list[str], bench: Bench) -> dict:
         ceiling_reward_sum=np.asarray(reward_sum).tolist(),
         bare_reward_sum=np.asarray(bare_reward_sum).tolist(),
         device=f"{device.platform}: {device.device_kind}",
+        peak_device_memory_mb=runner.peak_device_memory_mb(jax.devices()),  # the process's; None on a CPU
+        env_reset=envs.default_reset_mode(),
         jax=jax.__version__,
         args=dataclasses.asdict(args),
     )
@@ -255,21 +284,27 @@ def main(argv: list[str] | None = None) -> dict:
         result = measure(script, script_argv, bench)
     except ValueError as e:  # the scripts' ConfigError and envs.UnknownEnvError
         raise SystemExit(f"throughput.py: error: {e}")
-    print(
+    head = (
         f"{script}.py {' '.join(script_argv)} on {result['device']}: "
         f"{result['num_seeds']} seeds x {result['num_envs']} envs x {result['num_steps']} steps x "
         f"{result['iterations']} iterations = {result['env_steps_per_call']:,} env steps per call\n"
         f"  training: {result['train_env_steps_per_second']:>12,.0f} env steps/s "
-        f"(compile {result['train_compile_seconds']:.1f}s)\n"
-        f"  ceiling:  {result['ceiling_env_steps_per_second']:>12,.0f} env steps/s "
-        f"(random actions, wrapped env, compile {result['ceiling_compile_seconds']:.1f}s)\n"
-        f"  bare:     {result['bare_env_steps_per_second']:>12,.0f} env steps/s "
-        f"(random actions, raw backend step: no wrapper, reset or time limit, "
-        f"compile {result['bare_compile_seconds']:.1f}s)\n"
-        f"  training / ceiling: {result['ratio']:.3f}   training / bare: {result['bare_ratio']:.3f}   "
-        f"ceiling / bare: {result['ceiling_bare_ratio']:.3f}",
-        flush=True,
+        f"(compile {result['train_compile_seconds']:.1f}s)"
     )
+    if bench.training_only:
+        print(head, flush=True)
+    else:
+        print(
+            f"{head}\n"
+            f"  ceiling:  {result['ceiling_env_steps_per_second']:>12,.0f} env steps/s "
+            f"(random actions, wrapped env, compile {result['ceiling_compile_seconds']:.1f}s)\n"
+            f"  bare:     {result['bare_env_steps_per_second']:>12,.0f} env steps/s "
+            f"(random actions, raw backend step: no wrapper, reset or time limit, "
+            f"compile {result['bare_compile_seconds']:.1f}s)\n"
+            f"  training / ceiling: {result['ratio']:.3f}   training / bare: {result['bare_ratio']:.3f}   "
+            f"ceiling / bare: {result['ceiling_bare_ratio']:.3f}",
+            flush=True,
+        )
     if bench.out:
         write_json(bench.out, result)
     return result

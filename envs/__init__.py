@@ -13,7 +13,16 @@ Each id is one of ENV_IDS (or an alias); `make` adds the time limit, automatic r
 from __future__ import annotations
 
 from envs.brax_envs import BRAX_BACKENDS, BRAX_EPISODE_STEPS, BRAX_IDS
-from envs.core import ActionSpec, Env, RawEnv, Timestep, with_clipped_actions, with_time_limit
+from envs.core import (
+    RESET_MODES,
+    ActionSpec,
+    Env,
+    RawEnv,
+    Timestep,
+    default_reset_mode,
+    with_clipped_actions,
+    with_time_limit,
+)
 from envs.gymnax_envs import GYMNAX_IDS
 from envs.normalize import (
     RewardScaler,
@@ -70,12 +79,15 @@ def make(
     backend: str = "mjx",
     max_episode_steps: int | None = None,
     clip_actions: bool = True,
+    reset_mode: str | None = None,
 ) -> Env:
     """One environment with time limit, automatic reset, episode statistics and (continuous
     actions, if clip_actions) action clipping. max_episode_steps defaults to gymnax's own limit,
     1000 for Brax, the Playground config's episode_length (1000), or a tabular MDP's horizon H
     (its episodes always terminate at H, so a limit below H, which would truncate them, is an
-    error). `backend` is the Brax physics backend; Playground ids run on MJX only ("mjx")."""
+    error). `backend` is the Brax physics backend; Playground ids run on MJX only ("mjx").
+    reset_mode: "chunked" or "select" (envs/core.py); None: default_reset_mode(), "chunked" on a
+    CPU and "select" on a GPU or TPU unless BPO_ENV_RESET says otherwise."""
     env_id = canonical_id(env_id)
     if env_id in BRAX_IDS:
         if backend not in BRAX_BACKENDS:
@@ -101,7 +113,8 @@ def make(
 
         raw, limit = make_gymnax(env_id)
     pool = 1 if env_id in GYMNAX_IDS + TABULAR_IDS else PHYSICS_RESET_POOL
-    env = with_time_limit(env_id, raw, max_episode_steps or limit, reset_pool=pool)
+    mode = reset_mode or default_reset_mode()
+    env = with_time_limit(env_id, raw, max_episode_steps or limit, reset_pool=pool, reset_mode=mode)
     return with_clipped_actions(env) if clip_actions else env
 
 
@@ -114,6 +127,7 @@ __all__ = [
     "GYMNAX_IDS",
     "PLAYGROUND_BACKENDS",
     "PLAYGROUND_IDS",
+    "RESET_MODES",
     "TABULAR_IDS",
     "ActionSpec",
     "Env",
@@ -123,6 +137,7 @@ __all__ = [
     "Timestep",
     "UnknownEnvError",
     "canonical_id",
+    "default_reset_mode",
     "is_brax",
     "is_playground",
     "is_tabular",

@@ -14,6 +14,7 @@ episode can be bootstrapped from V(final observation), never from the reset stat
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -70,8 +71,39 @@ class WrapperState(NamedTuple):
     pool: Any = ()
 
 
-def with_time_limit(env_id: str, raw: RawEnv, max_episode_steps: int, reset_pool: int = 1) -> Env:
+# How an episode end gets its new start (with_time_limit's reset_mode):
+# - "chunked": starts are drawn only for the environments that are done (a lax.cond and a while loop
+#   of data-dependent trip count per step, _reset_where). Measured faster on a CPU
+#   (docs/performance.md), where control flow costs nothing.
+# - "select": no control flow in the step: a start is drawn for every environment at every step and
+#   selected where done (PureJaxRL's way). On a GPU or TPU every lax.cond and every iteration of a
+#   data-dependent loop is decided on the host, so "chunked" would make every environment step wait
+#   for the device about twice (benchmarks/gpu_syncs.py counts them).
+# "auto" (the default): "chunked" on a CPU, "select" elsewhere. BPO_ENV_RESET=chunked|select forces
+# one (config.json records which, under versions.env_reset).
+RESET_MODES = ("chunked", "select")
+
+
+def default_reset_mode() -> str:
+    """BPO_ENV_RESET if set to a mode, else "chunked" on a CPU and "select" on a GPU or TPU."""
+    mode = os.environ.get("BPO_ENV_RESET", "auto") or "auto"
+    if mode == "auto":
+        return "chunked" if jax.default_backend() == "cpu" else "select"
+    if mode not in RESET_MODES:
+        raise ValueError(f"BPO_ENV_RESET={mode!r}: choose auto, {' or '.join(RESET_MODES)}")
+    return mode
+
+
+def with_time_limit(
+    env_id: str, raw: RawEnv, max_episode_steps: int, reset_pool: int = 1, reset_mode: str = "chunked"
+) -> Env:
     """Time limit, automatic reset and completed-episode statistics for any raw environment.
+
+    reset_mode "chunked" resets only the environments that are done (_reset_where, with a pool of
+    reset_pool starts); "select" draws a start for every environment at every step, raw.reset of its
+    reset key, and keeps it where done: no control flow inside the step, for GPUs and TPUs (the pool
+    is not used). Both give fresh random starts and the true final observation; with reset_pool = 1
+    they give the same numbers (bitwise for gymnax, tests/test_envs.py).
 
     reset_pool = k > 1 draws starts k at a time: an episode end with no spare start left draws k
     new random starts (raw.reset of its reset key split in k), starts the next episode from the
@@ -82,7 +114,13 @@ def with_time_limit(env_id: str, raw: RawEnv, max_episode_steps: int, reset_pool
     at once costs little more than drawing one (see _reset_where)."""
     if reset_pool < 1:
         raise ValueError(f"reset_pool must be >= 1, got {reset_pool}")
-    reset_where = _reset_where(raw.reset, reset_pool)
+    if reset_mode not in RESET_MODES:
+        raise ValueError(f"reset_mode must be one of {', '.join(RESET_MODES)}, got {reset_mode!r}")
+    if reset_mode == "select":
+        reset_pool = 1
+        reset_where = _reset_select(raw.reset)
+    else:
+        reset_where = _reset_where(raw.reset, reset_pool)
 
     def reset(key):
         obs, inner = raw.reset(key)
@@ -119,6 +157,18 @@ def with_time_limit(env_id: str, raw: RawEnv, max_episode_steps: int, reset_pool
         )
 
     return Env(env_id, reset, step, raw.obs_shape, raw.action_spec, int(max_episode_steps))
+
+
+def _reset_select(raw_reset: Callable) -> Callable:
+    """reset_where(done, key, obs, inner, pool) the plain way: raw_reset(key) computed for every
+    environment, selected where done. The step stays free of control flow under any vmap."""
+
+    def reset_where(done, key, obs, inner, pool):
+        keep = lambda new, old: jnp.where(done, jnp.asarray(new, jnp.result_type(old)), old)
+        new_obs, new_inner = raw_reset(key)
+        return keep(new_obs, obs), jax.tree.map(keep, new_inner, inner), pool
+
+    return reset_where
 
 
 # A batch of n environments resets its done environments RESET_CHUNK_DIVISOR-th of the batch at a

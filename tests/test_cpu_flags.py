@@ -9,6 +9,8 @@ import sys
 import jax
 import pytest
 
+pytestmark = pytest.mark.cpu_only  # the CPU backend's options (tests/conftest.py skips them elsewhere)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE = (
     "import os, runner, jax, jax.numpy as jnp; runner.configure_jax(); jnp.tanh(jnp.ones(3)).block_until_ready(); "

@@ -71,12 +71,20 @@ def read_rows(folder):
         return list(csv.DictReader(f))
 
 
-def test_a_diverged_seed_is_frozen_and_the_others_train_on(tmp_path, capsys):
+@pytest.mark.parametrize("donate", ["0", "1"])
+def test_a_diverged_seed_is_frozen_and_the_others_train_on(tmp_path, capsys, monkeypatch, donate):
+    """Also with the state donated to the compiled interval (BPO_DONATE=1, a GPU's default): the
+    frozen seed keeps its last finite state inside the program, and every number is the clean,
+    undonated run's."""
     import runner
 
+    monkeypatch.setenv("BPO_DONATE", "0")
     clean = ppo.run(ppo.Args(**TINY, output_dir=str(tmp_path / "clean")))
+    monkeypatch.setenv("BPO_DONATE", donate)
     args = ppo.Args(**TINY, output_dir=str(tmp_path / "bad"))
     summary = runner.run(args, "ppo", ppo.validate, poisoned(1, 4), ppo.METRIC_COLUMNS)  # NaN from interval 3 on
+    assert summary["peak_host_memory_mb"] > 0
+    assert summary["peak_device_memory_mb"] is None or summary["peak_device_memory_mb"] > 0  # None on a CPU
     assert "seed 1 diverged" in capsys.readouterr().out
     assert summary["diverged"] == {"1": 768} and summary["completed"]
     assert summary["final_eval_return"][1] is None and summary["final_eval_return_seeds"] == 2

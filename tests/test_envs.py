@@ -2,7 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from toy_env import TIME_LIMIT, counter_env, raw_counter_env
+from toy_env import TIME_LIMIT, raw_counter_env
 
 import envs
 
@@ -21,9 +21,11 @@ def test_aliases():
     assert envs.is_brax("ant") and not envs.is_brax("Pendulum-v1")
 
 
-def test_time_limit_auto_reset_and_episode_stats():
-    """Walk the counter env by hand and check every Timestep field against its known dynamics."""
-    env = counter_env()
+@pytest.mark.parametrize("mode", envs.RESET_MODES)
+def test_time_limit_auto_reset_and_episode_stats(mode):
+    """Walk the counter env by hand and check every Timestep field against its known dynamics
+    (both reset modes: chunked, the CPU's, and select, the GPU's)."""
+    env = envs.with_time_limit("counter", raw_counter_env(), TIME_LIMIT, reset_mode=mode)
     step = jax.jit(env.step)
     obs, state = env.reset(jax.random.PRNGKey(0))
     seen = {"terminated": 0, "truncated": 0}
@@ -46,8 +48,9 @@ def test_time_limit_auto_reset_and_episode_stats():
     assert seen["terminated"] > 2 and seen["truncated"] > 2
 
 
-def test_gymnax_cartpole_truncation_keeps_final_obs():
-    env = envs.make("CartPole-v1", max_episode_steps=4)
+@pytest.mark.parametrize("mode", envs.RESET_MODES)
+def test_gymnax_cartpole_truncation_keeps_final_obs(mode):
+    env = envs.make("CartPole-v1", max_episode_steps=4, reset_mode=mode)
     assert env.obs_shape == (4,) and env.action_spec == envs.ActionSpec(True, 2)
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
     obs, state = jax.vmap(env.reset)(keys)
@@ -171,19 +174,21 @@ def assert_trees_equal(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.parametrize("mode", envs.RESET_MODES)
 @pytest.mark.parametrize("which", ["counter", "cartpole"])
-def test_reset_only_where_done_equals_always_reset(which):
+def test_reset_only_where_done_equals_always_reset(which, mode):
     """Nested vmap (5 environments in each of 3 seeds: 15, not a multiple of the reset chunk),
     scan, jit: every field, state included, equals the always-reset reference exactly, for the
     same keys. Episodes end mid-rollout, several at once and (CartPole, every episode truncated
-    at step 4 by a time limit) all at once."""
+    at step 4 by a time limit) all at once. The select mode (no control flow: a start drawn for
+    every environment at every step) is that reference, so it gives the same numbers too."""
     if which == "counter":
         raw, limit = raw_counter_env(), TIME_LIMIT
     else:
         from envs.gymnax_envs import make_gymnax
 
         raw, limit = make_gymnax("CartPole-v1")[0], 4
-    env = envs.with_time_limit(which, raw, limit)
+    env = envs.with_time_limit(which, raw, limit, reset_mode=mode)
     num_seeds, num_envs, num_steps = 3, 5, 24
     ts = rollout(env.reset, env.step, raw.action_spec, num_seeds, num_envs, num_steps)
     ref = rollout(env.reset, always_reset_step(raw, limit), raw.action_spec, num_seeds, num_envs, num_steps)
@@ -198,14 +203,15 @@ def test_reset_only_where_done_equals_always_reset(which):
         assert ((per_step > 0) & (per_step < num_seeds * num_envs)).any() and (per_step == 0).any()
 
 
-def test_reset_where_done_gives_fresh_starts_and_true_final_obs():
+@pytest.mark.parametrize("mode", envs.RESET_MODES)
+def test_reset_where_done_gives_fresh_starts_and_true_final_obs(mode):
     """Under nested vmap: where done, the next observation is raw.reset of this step's reset key
     (split(key)[1], as before), every start is a new random one, and final_obs is the raw step's
     observation; where not done, the state is the raw step's, untouched."""
     from envs.gymnax_envs import make_gymnax
 
     raw = make_gymnax("CartPole-v1")[0]
-    env = envs.with_time_limit("CartPole-v1", raw, 6)
+    env = envs.with_time_limit("CartPole-v1", raw, 6, reset_mode=mode)
     num_seeds, num_envs = 2, 3
     keys = jax.random.split(jax.random.PRNGKey(3), num_seeds * num_envs).reshape(num_seeds, num_envs, 2)
     nested = lambda f: jax.jit(jax.vmap(jax.vmap(f)))
@@ -263,9 +269,10 @@ def test_reset_where_done_resets_only_done_environments():
     assert expected >= 3
 
 
-def test_reset_where_done_with_unbatched_state():
+@pytest.mark.parametrize("mode", envs.RESET_MODES)
+def test_reset_where_done_with_unbatched_state(mode):
     """vmap over keys only (one state and action shared by every environment) still works."""
-    env = counter_env()
+    env = envs.with_time_limit("counter", raw_counter_env(), TIME_LIMIT, reset_mode=mode)
     _, state = env.reset(jax.random.PRNGKey(0))
     keys = jax.random.split(jax.random.PRNGKey(1), 4)
     for _ in range(4):  # the horizon is at most 5 (the time limit): this episode ends by then
@@ -342,10 +349,42 @@ def test_reset_pool_gives_fresh_starts_and_draws_once_per_pool():
 
 def test_physics_backends_draw_a_pool_of_starts():
     """envs.make gives Brax (and Playground) environments a pool of PHYSICS_RESET_POOL starts and
-    gymnax ones none (shapes only: nothing is compiled)."""
-    brax_state = jax.eval_shape(envs.make("inverted_pendulum").reset, jax.random.PRNGKey(0))[1]
+    gymnax ones none (shapes only: nothing is compiled); in the select mode, none either."""
+    brax_state = jax.eval_shape(envs.make("inverted_pendulum", reset_mode="chunked").reset, jax.random.PRNGKey(0))[1]
     assert brax_state.pool[0].shape[0] == envs.PHYSICS_RESET_POOL - 1 > 0
     assert jax.eval_shape(envs.make("CartPole-v1").reset, jax.random.PRNGKey(0))[1].pool == ()
+    select = envs.make("inverted_pendulum", reset_mode="select")
+    assert jax.eval_shape(select.reset, jax.random.PRNGKey(0))[1].pool == ()
+
+
+def test_default_reset_mode(monkeypatch):
+    """chunked on a CPU, select elsewhere; BPO_ENV_RESET forces either, and a bad value is a
+    one-line error of the scripts."""
+    import runner
+
+    monkeypatch.delenv("BPO_ENV_RESET", raising=False)
+    assert envs.default_reset_mode() == ("chunked" if jax.default_backend() == "cpu" else "select")
+    for mode in envs.RESET_MODES:
+        monkeypatch.setenv("BPO_ENV_RESET", mode)
+        assert envs.default_reset_mode() == mode
+        assert runner.versions()["env_reset"] == mode
+    monkeypatch.setenv("BPO_ENV_RESET", "sometimes")
+    with pytest.raises(runner.ConfigError, match="BPO_ENV_RESET"):
+        runner.make_env(type("A", (), dict(env_id="CartPole-v1"))())
+
+
+@pytest.mark.slow
+def test_select_reset_mjx():
+    """The select mode on Brax MJX (inverted_pendulum): every field equals the always-reset
+    reference exactly (the same computation), episodes end and restart from fresh starts."""
+    from envs.brax_envs import make_brax
+
+    raw, limit = make_brax("inverted_pendulum"), 3
+    env = envs.with_time_limit("inverted_pendulum", raw, limit, reset_mode="select")
+    ts = rollout(env.reset, env.step, raw.action_spec, 2, 3, 7)
+    ref = rollout(env.reset, always_reset_step(raw, limit), raw.action_spec, 2, 3, 7)
+    assert_trees_equal(ts, ref)
+    assert (np.asarray(ts.terminated | ts.truncated).sum(1) >= 2).all()
 
 
 def test_reset_only_where_done_mjx():
@@ -357,7 +396,7 @@ def test_reset_only_where_done_mjx():
     from envs.brax_envs import make_brax
 
     raw, limit = make_brax("inverted_pendulum"), 3
-    env = envs.with_time_limit("inverted_pendulum", raw, limit, reset_pool=2)
+    env = envs.with_time_limit("inverted_pendulum", raw, limit, reset_pool=2, reset_mode="chunked")
     ts = rollout(env.reset, env.step, raw.action_spec, 2, 3, 7)
     ref = rollout(env.reset, always_reset_step(raw, limit, pool=2), raw.action_spec, 2, 3, 7)
     for field in ("obs", "reward", "terminated", "truncated", "final_obs", "episode_return", "episode_length"):

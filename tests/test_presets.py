@@ -290,3 +290,19 @@ def test_critic_sizes_swish_and_reward_scale_do_what_they_say(module):
     grads = {"a": jnp.array([3e4, -4e4])}
     clipped, _ = optax.clip_by_global_norm(float("inf")).update(grads, None)
     np.testing.assert_array_equal(clipped["a"], grads["a"])
+
+
+@pytest.mark.parametrize("module", [ppo, bpo])
+def test_wide_rollout_keeps_the_env_steps_per_iteration(module):
+    """The accelerators' add-on: num_steps 32, num_envs scaled up, the batch (and every other
+    setting) the base preset's; a rollout already 32 steps long is left as it is."""
+    addon = [] if module is ppo else ["ppo_bpo_zero1.0"]
+    for base, envs_steps in [("mujoco_ppo", (64, 32)), ("mujoco_ppo_gsde", (256, 32)), ("cartpole_ppo", (8, 32))]:
+        plain = module.parse_args(["--preset", base, *addon])
+        wide = module.parse_args(["--preset", base, *addon, "wide_rollout"])
+        assert (wide.num_envs, wide.num_steps) == envs_steps
+        assert wide.num_envs * wide.num_steps == plain.num_envs * plain.num_steps
+        changed = {f for f in vars(plain) if getattr(plain, f) != getattr(wide, f)} - {"preset"}
+        assert changed <= {"num_envs", "num_steps"}
+        module.validate(wide)
+    assert module.parse_args(["--preset", "mujoco_ppo", "wide_rollout", "--num-envs", "8"]).num_envs == 8

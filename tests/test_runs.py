@@ -112,3 +112,24 @@ def test_bpo_mu_starts_equal_to_pi():
     state = trainer.init(jax.random.PRNGKey(0))
     for x, y in zip(jax.tree.leaves(state.params["pi"]), jax.tree.leaves(state.params["mu"])):
         np.testing.assert_array_equal(x, y)
+
+
+def test_progress_lines_from_the_start(tmp_path, capsys, monkeypatch):
+    """A line when compilation starts, one when it ends (with its seconds), and heartbeats while an
+    interval is in flight: a user sees something within seconds, whatever the interval."""
+    import runner
+
+    lines = []
+    with runner.heartbeat(lambda t: lines.append(t) or "beat", every=0.05):
+        import time
+
+        time.sleep(0.3)
+    assert len(lines) >= 2 and "beat" in capsys.readouterr().out
+    monkeypatch.setenv("BPO_HEARTBEAT_SECONDS", "0.01")
+    ppo.run(tiny(ppo, num_seeds=2, seed=5, output_dir=str(tmp_path / "run")))  # test_outputs_exist_and_parse's program
+    out = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(out) if "compiling the training program" in line)
+    end = next(i for i, line in enumerate(out) if "compiled in" in line)
+    first = next(i for i, line in enumerate(out) if "steps/s" in line)
+    assert start < end < first
+    assert any("in flight" in line for line in out[end:first])

@@ -197,6 +197,7 @@ def one_device(tmp_path_factory):
     return rows(out)
 
 
+@pytest.mark.cpu_only  # CPU subprocesses against this process's numbers
 def test_rows_sharded_over_two_devices_give_the_same_numbers(one_device, tmp_path):
     """3 members x 1 seed on 2 forced host devices (padded to 4 rows, the padding dropped) against
     the same sweep on this process's one device."""
@@ -232,6 +233,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+@pytest.mark.cpu_only  # CPU subprocesses against this process's numbers
 def test_two_processes_under_jax_distributed_write_the_one_process_numbers(one_device, tmp_path):
     """Two hosts in miniature: two processes on this machine joined by jax.distributed, one CPU
     device each; the rows spread over both, process 0 writes the outputs."""
