@@ -173,9 +173,9 @@ def _from_checkpoint(folder, module, args, config, num_rows):
     values = runner.with_values(module.make_train, args, env)
     keys = jnp.stack([jax.random.PRNGKey(s) for _ in members for s in config["seeds"]])
     like = jax.eval_shape(jax.vmap(lambda key, hp: values(hp).init(key)), keys, hp)
-    state, meta = runner.restore_checkpoint(runner.checkpoint_manager(folder), like)
+    state, meta = runner.restore_checkpoint(folder, like)  # the newest intact one, verified
     eval_keys = meta.get("eval_keys")
-    return state.params, state.obs_rms._asdict(), eval_keys, f"checkpoints/{max(steps)}"
+    return state.params, state.obs_rms._asdict(), eval_keys, f"checkpoints/{meta.get('done_iters', max(steps))}"
 
 
 def check(a: Args) -> None:

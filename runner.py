@@ -1798,6 +1798,10 @@ class TensorBoardEvents:
 
         self._write(text_summary(tag, text), step)
 
+    def add_summary(self, summary, step: int) -> None:
+        """A ready-made Summary proto (watch.log_video's animated GIF)."""
+        self._write(summary, step)
+
     def _write(self, summary, step: int) -> None:
         self._events.write_event(self._event(wall_time=time.time(), step=step, summary=summary))
 

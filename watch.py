@@ -301,5 +301,5 @@ def log_video(writer, tag: str, frames: list[np.ndarray], fps: int, step: int, s
     small = [np.ascontiguousarray(f[::scale, ::scale]) for f in frames]
     height, width = small[0].shape[:2]
     image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=gif_bytes(small, fps))
-    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+    writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
     writer.flush()

@@ -162,8 +162,8 @@ def test_a_run_stops_when_every_seed_has_diverged(tmp_path, capsys, monkeypatch)
     def diverging(plan, state):
         compiled, seconds = compile_program(plan, state)
 
-        def program(state, hp, n):
-            state, metrics = compiled(state, hp, n)
+        def program(state, hp, n, frozen):
+            state, metrics = compiled(state, hp, n, frozen)
             bad = np.isin(np.arange(4), bad_rows)  # rows: member-major
             return state, {**metrics, "finite": metrics["finite"] & ~bad}
 
