@@ -307,7 +307,8 @@ def test_a_closed_form_mu_has_no_network_no_phase_and_checkpoints(module, tmp_pa
         np.testing.assert_array_equal(x, y)  # the same initial pi (and random numbers) as the network form
     manager = runner.checkpoint_manager(str(tmp_path))
     runner.save_checkpoint(manager, 1, state, {"done_iters": 1})
-    restored, meta = runner.restore_checkpoint(manager, state)
+    manager.wait_until_finished()
+    restored, meta = runner.restore_checkpoint(str(tmp_path), state)
     assert meta["done_iters"] == 1
     for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
         np.testing.assert_array_equal(x, y)
