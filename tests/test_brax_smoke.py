@@ -5,11 +5,13 @@ import dataclasses
 import json
 
 import numpy as np
+import pytest
 
 import ppo
 import runner
 
 
+@pytest.mark.slow  # 1-2.5 minutes of compiling here; MJX end to end in the default run: test_playground_envs.py
 def test_ppo_ant_mjx_end_to_end(tmp_path):
     args = runner.apply_presets(ppo.Args(), ppo.PRESETS, ["mujoco_ppo"])
     args = dataclasses.replace(

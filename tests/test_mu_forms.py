@@ -374,47 +374,39 @@ def frozen_closed(env_id, iterations, **flags):
         q=table(lambda o: trainer.q_value(trainer.q_net, p["q"], o)),
     )
     log_mu = jax.jit(trainer.log_mu)(state, all_observations(mdp), jnp.zeros(mdp.horizon * mdp.num_states, jnp.int32))
-    np.testing.assert_allclose(np.exp(log_mu).reshape(mdp.horizon, -1), tables["mu"][..., 0], rtol=1e-4)
+    # atol: where every action's q_hat is near 0 (a linear head), float32 rounding of the network's
+    # output between batch shapes moves the tilt by up to 0.1% of a probability
+    np.testing.assert_allclose(np.exp(log_mu).reshape(mdp.horizon, -1), tables["mu"][..., 0], rtol=1e-4, atol=1e-3)
     return args, mdp, tables
 
 
-@pytest.mark.parametrize("env_id,iterations", [("tabular-sparse", 30), ("tabular-deepsea-5", 80)])
-def test_the_learned_closed_form_against_mu_star(env_id, iterations):
-    """The closed form computed from the learned q_hat (pi frozen): its exact IS variance ratio within
-    10% of mu*'s on tabular-sparse (0.2504 against 0.2500 when written). On tabular-deepsea-5 (20 FQE
-    epochs) only where the learned q_hat resolves the values: the actions that lose the treasure have
-    an exact q_hat of about 1e-5, and the learned one stays near 2e-3 there (softplus's gradient
-    vanishes near 0, and errors that small hardly count in a squared loss), which mu weights by its
-    square root: 0.044 against mu*'s 0.0162 when written, and 0.0173 (7% above) with the exact q_hat
-    at the actions whose q_hat is below 1e-4. Within a run, mu is the closed form of the trainer's
-    own pi and q_hat."""
-    flags = dict(fqe_epochs=20) if env_id == "tabular-deepsea-5" else {}
-    args, mdp, t = frozen_closed(env_id, iterations, **flags)
+def test_the_learned_closed_form_against_mu_star():
+    """The closed form computed from the learned q_hat (pi frozen, 30 iterations): its exact IS
+    variance ratio within 10% of mu*'s on tabular-sparse (0.2504 against 0.2500 when written).
+    Within a run, mu is the closed form of the trainer's own pi and q_hat. (On tabular-deepsea-5 it
+    is not within 10%: 0.044 with the default softplus head, 0.020 with --q-hat-head linear at 80
+    iterations, against 0.0162: docs/bpo.md.)"""
+    args, mdp, t = frozen_closed("tabular-sparse", 30)
     log_pi = jnp.log(jnp.asarray(t["pi"], jnp.float32))
     closed = jax.nn.softmax(bpo.mu_logits_closed(log_pi, jnp.asarray(t["head"], jnp.float32), 1.0))
     np.testing.assert_allclose(t["mu"], np.asarray(closed, np.float64), atol=1e-5)
     exact = solve(mdp, t["pi"], args.gamma)
     ratio = is_variance(mdp, t["pi"], t["mu"], args.gamma) / exact.var
     ratio_opt = is_variance(mdp, t["pi"], exact.mu_star, args.gamma) / exact.var
-    if env_id == "tabular-sparse":
-        assert abs(ratio / ratio_opt - 1) < 0.1, (ratio, ratio_opt)
-        return
-    resolved = np.where(exact.q_hat < 1e-4, exact.q_hat, t["head"])
-    resolved_ratio = is_variance(mdp, t["pi"], behaviour(t["pi"], resolved, floor=1e-6), args.gamma) / exact.var
-    assert abs(resolved_ratio / ratio_opt - 1) < 0.1, (resolved_ratio, ratio_opt)
-    assert ratio < 0.1  # still a tenfold gain over on-policy sampling
+    assert abs(ratio / ratio_opt - 1) < 0.1, (ratio, ratio_opt)
 
 
 def test_the_learned_vtrace_target_lowers_the_vtrace_variance():
-    """--mu-target vtrace on tabular-deepsea-5 (pi frozen, closed form, 20 FQE epochs): q_hat's head
-    fits W = Var(G | s, a) (within 35% where pi goes; 27% when written), and the behaviour's exact
-    V-trace variance ratio (V = V_pi) is within 10% of pi sqrt(U)'s (0.366 against 0.349 when
-    written), where mu* (floored) has 15.3. (The second-moment closed form of the test above: 0.596.)"""
-    args, mdp, t = frozen_closed("tabular-deepsea-5", 80, fqe_epochs=20, mu_target="vtrace")
+    """--mu-target vtrace on tabular-deepsea-5 (pi frozen, closed form, 40 iterations, a linear head:
+    the softplus head stalls above W's many values near 0, 27% off at 80 iterations): q_hat's head
+    fits W = Var(G | s, a) (within 5% where pi goes; 0.4% when written), and the behaviour's exact
+    V-trace variance ratio (V = V_pi) is within 10% of pi sqrt(U)'s (0.3485 against 0.3486 when
+    written), where mu* (floored) has 15.3."""
+    args, mdp, t = frozen_closed("tabular-deepsea-5", 40, q_hat_head="linear", mu_target="vtrace")
     exact = solve(mdp, t["pi"], args.gamma)
     U, W = vtrace_tilt(mdp, t["pi"], args.gamma)
     weight = visitation(mdp, t["pi"])[..., None] * t["pi"]
-    assert (weight * np.abs(t["head"] - W)).sum() / (weight * W).sum() < 0.35
+    assert (weight * np.abs(t["head"] - W)).sum() / (weight * W).sum() < 0.05
     vtrace = vtrace_variance(mdp, t["pi"], t["mu"], args.gamma) / exact.var
     target = vtrace_variance(mdp, t["pi"], behaviour(t["pi"], U), args.gamma) / exact.var
     star = vtrace_variance(mdp, t["pi"], behaviour(t["pi"], exact.q_hat, floor=1e-6), args.gamma) / exact.var
