@@ -131,6 +131,23 @@ def test_hopper_frame_renders_headless():
     assert np.abs(a.astype(int) - b).mean() > 0.5
 
 
+def test_minatar_frames_render():
+    """A MinAtar frame (Breakout), drawn as gymnax's visualiser colours it: cells of 40 x 40 pixels,
+    the ball and paddle in colour on black, and a step later a different frame."""
+    import gymnax
+
+    render = watch.renderer("Breakout-MinAtar")
+    env, params = gymnax.make("Breakout-MinAtar")
+    _, state = env.reset(jax.random.PRNGKey(0), params)
+    frames = [render.render(np.asarray(render.extract(state)))]
+    for i in range(3):
+        _, state, *_ = env.step(jax.random.PRNGKey(i), state, 1, params)
+        frames.append(render.render(np.asarray(render.extract(state))))
+    assert frames[0].shape == (400, 400, 3) and frames[0].dtype == np.uint8
+    assert 0 < (frames[0].sum(-1) > 0).mean() < 0.5  # something drawn, mostly black
+    assert any(np.abs(a.astype(int) - frames[0]).sum() > 0 for a in frames[1:])
+
+
 def test_bad_input_is_one_line_before_compiling(ppo_run, tmp_path, monkeypatch):
     def no_compiling(*args, **kwargs):
         raise AssertionError("compiled before the error")
