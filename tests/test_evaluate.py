@@ -131,6 +131,18 @@ def test_hopper_frame_renders_headless():
     assert np.abs(a.astype(int) - b).mean() > 0.5
 
 
+def test_playground_frame_renders_headless():
+    """A MuJoCo Playground frame (CartpoleBalance), rendered by MuJoCo on the CPU, no training."""
+    pytest.importorskip("mujoco_playground")
+    from mujoco_playground import registry
+
+    render = watch.renderer("CartpoleBalance", size=(120, 160))
+    q0 = np.asarray(registry.load("CartpoleBalance").mj_model.qpos0)
+    a, b = render.render(q0), render.render(q0 + 0.5)
+    assert a.shape == (120, 160, 3) and a.dtype == np.uint8 and a.std() > 5
+    assert np.abs(a.astype(int) - b).mean() > 0.5
+
+
 def test_minatar_frames_render():
     """A MinAtar frame (Breakout), drawn as gymnax's visualiser colours it: cells of 40 x 40 pixels,
     the ball and paddle in colour on black, and a step later a different frame."""
