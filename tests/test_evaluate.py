@@ -65,6 +65,16 @@ def test_ppo_reproduces_the_final_evaluation(ppo_run, tmp_path):
     assert fresh["keys"].startswith("fresh keys")
 
 
+def test_a_sweep_folder_is_evaluated_per_member(tmp_path):
+    """A --sweep run: every member's seeds in one program, each row summary.json's value exactly."""
+    out = str(tmp_path / "sweep")
+    ppo.run(ppo.Args(**TINY, sweep=("ent_coef=0,0.01",), output_dir=out, checkpoint_every=0))
+    result = run_eval(out, tmp_path)
+    rows = [(r["member"], r["seed"], r["mean"]) for r in result["rows"]]
+    expected = [(k, s, m) for k, means in enumerate(final_returns(out)) for s, m in zip((0, 1), means)]
+    assert rows == expected
+
+
 def test_bpo_pi_reproduces_and_mu_differs(bpo_run, tmp_path):
     assert [r["mean"] for r in run_eval(bpo_run, tmp_path)["rows"]] == final_returns(bpo_run)
     saved = evaluate.load(evaluate.parse([bpo_run]))
