@@ -158,30 +158,39 @@ def measure(script: str, script_argv: list[str], bench: Bench) -> dict:
     state = jax.block_until_ready(runner.init_seeds(trainer.init, seeds))
 
     train_compiled, train_compile = compile_program(training_program(trainer, bench.iterations), state)
+    device = jax.devices()[0]
+    described = dict(
+        script=f"{script}.py",
+        argv=script_argv,
+        env_id=envs.canonical_id(args.env_id),
+        num_seeds=len(seeds),
+        num_envs=args.num_envs,
+        num_steps=args.num_steps,
+        iterations=bench.iterations,
+        repeats=bench.repeats,
+        env_steps_per_call=steps,
+    )
+
+    def machine():  # after the timed calls: the peak memory is theirs
+        return dict(
+            device=f"{device.platform}: {device.device_kind}",
+            peak_device_memory_mb=runner.peak_device_memory_mb(jax.devices()),  # the process's; None on a CPU
+            env_reset=envs.default_reset_mode(),
+            jax=jax.__version__,
+            args=dataclasses.asdict(args),
+        )
+
     if bench.training_only:
         train_times, state = time_interleaved(dict(train=(train_compiled, state, lambda y: y[0])), bench.repeats)[
             "train"
         ]
-        device = jax.devices()[0]
         return dict(
-            script=f"{script}.py",
-            argv=script_argv,
-            env_id=envs.canonical_id(args.env_id),
-            num_seeds=len(seeds),
-            num_envs=args.num_envs,
-            num_steps=args.num_steps,
-            iterations=bench.iterations,
-            repeats=bench.repeats,
-            env_steps_per_call=steps,
+            **described,
             train_env_steps_per_second=steps / float(np.median(train_times)),
             train_seconds=train_times.tolist(),
             train_compile_seconds=train_compile,
             train_iterations_run=np.asarray(state.iteration).tolist(),
-            device=f"{device.platform}: {device.device_kind}",
-            peak_device_memory_mb=runner.peak_device_memory_mb(jax.devices()),
-            env_reset=envs.default_reset_mode(),
-            jax=jax.__version__,
-            args=dataclasses.asdict(args),
+            **machine(),
         )
 
     keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds))
@@ -215,17 +224,8 @@ def measure(script: str, script_argv: list[str], bench: Bench) -> dict:
         float(np.median(t)) for t in (train_times, ceiling_times, bare_times)
     )
 
-    device = jax.devices()[0]
     return dict(
-        script=f"{script}.py",
-        argv=script_argv,
-        env_id=envs.canonical_id(args.env_id),
-        num_seeds=len(seeds),
-        num_envs=args.num_envs,
-        num_steps=args.num_steps,
-        iterations=bench.iterations,
-        repeats=bench.repeats,
-        env_steps_per_call=steps,
+        **described,
         train_env_steps_per_second=steps / train_seconds,
         ceiling_env_steps_per_second=steps / ceiling_seconds,
         # the ratios: medians over rounds of each round's ratio (the calls of a round ran together)
@@ -244,11 +244,7 @@ def measure(script: str, script_argv: list[str], bench: Bench) -> dict:
         train_iterations_run=np.asarray(state.iteration).tolist(),
         ceiling_reward_sum=np.asarray(reward_sum).tolist(),
         bare_reward_sum=np.asarray(bare_reward_sum).tolist(),
-        device=f"{device.platform}: {device.device_kind}",
-        peak_device_memory_mb=runner.peak_device_memory_mb(jax.devices()),  # the process's; None on a CPU
-        env_reset=envs.default_reset_mode(),
-        jax=jax.__version__,
-        args=dataclasses.asdict(args),
+        **machine(),
     )
 
 
