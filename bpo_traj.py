@@ -999,12 +999,14 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
 
     # 7. Behaviour update of mu towards pi q_hat^(beta/2) -------------------------------------------
     def q_hat_for_mu(state, obs, action=None):
-        """q_hat(s, a) as mu's target reads it: floored at 1e-6 and, with clip_targets, capped at
-        r_hat_max / (1 - gamma^2) (discrete, no action: at every action); no cap before the first
-        variance reward (r_hat_max = -inf). With --mu-target vtrace the head is W's."""
+        """q_hat(s, a) as mu's target reads it: floored at q_hat_floor (eq. 18b: values below the head's
+        accuracy tilt by noise) and, with clip_targets, capped at r_hat_max / (1 - gamma^2) (discrete,
+        no action: at every action); no cap before the first variance reward (r_hat_max = -inf).
+        With --mu-target vtrace the head is W's."""
         q = q_value(q_hat_net, state.params["q_hat"], obs, action, args.symlog_targets)
+        lo = args.q_hat_floor
         hi = jnp.where(state.r_hat_max > -jnp.inf, state.r_hat_max / (1.0 - args.gamma**2), jnp.inf)
-        return jnp.where(args.clip_targets, jnp.clip(q, 1e-6, hi), jnp.maximum(q, 1e-6))
+        return jnp.where(args.clip_targets, jnp.clip(q, lo, hi), jnp.maximum(q, lo))
 
     def tilt_baseline(state, obs, pi_dist, key=None):
         """V_pi(s) = E_{a~pi} Q(s, a), the baseline of the vtrace tilt (eq. 21): exact over discrete
@@ -1048,7 +1050,7 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
 
     def update_mu(state, lr):
         """mu_epochs passes over the replay buffer's states: eq. 14 (discrete) or 15 (continuous) with
-        beta = mu_temper (eq. 18), q_hat floored at 1e-6 and, with clip_targets, capped at
+        beta = mu_temper (eq. 18), q_hat floored at q_hat_floor and, with clip_targets, capped at
         r_hat_max / (1 - gamma^2) (with --mu-target vtrace: W, in the tilt U of eq. 21)."""
         rb, p = state.replay, state.params
         key, k_mb, k_a = jax.random.split(state.key, 3)
@@ -1357,6 +1359,7 @@ def exact_probe(args, mdp, pi_probs, mu_probs, head, value) -> dict:
         args.mu_target,
         args.mu_temper,
         args.mu_mix if behaviour_mixes(args) else 1.0,
+        args.q_hat_floor / args.reward_scale**2,
     )
 
 
@@ -1561,10 +1564,14 @@ class Args(runner.RunArgs):
     """clip FQE targets to [min(r_min, 0), max(r_max, 0)] / (1 - discount), and q_hat in mu's target"""
     symlog_targets: bool = True
     """Q and q_hat predict symlog of their value, regress on symlog(target)"""
+    q_hat_floor: float = 1e-6
+    """q_hat (W with --mu-target vtrace) below this is read as this in mu's tilt, in the units of
+    reward_scale: a hedge, since values below the head's accuracy tilt mu by noise (1e-6: the
+    reference's floor, the least allowed; sweepable; docs/algorithm.md eq. 18b)"""
     q_hat_head: Literal["softplus", "linear"] = "softplus"
     """q_hat's output: softplus(x) + 1e-6 (positive, the reference's; its gradient vanishes as q_hat
     nears 0, so q_hat stalls above small targets) or linear (unbiased there; mu's target floors
-    q_hat at 1e-6 either way)"""
+    q_hat at --q-hat-floor either way)"""
     symlog_reg_coef: float = 1.0
     """with symlog_targets: weight of the pull of Q (q_hat) towards its target network"""
     polyak_tau: float = 0.02
@@ -1692,6 +1699,7 @@ SWEEPABLE = (
     "polyak_tau",
     "mu_temper",
     "mu_mix",
+    "q_hat_floor",
 )
 
 
@@ -1705,6 +1713,7 @@ OLD_RUN_VALUES = dict(
     mu_temper=1.0,
     mu_mix=1.0,
     mu_target="second-moment",
+    q_hat_floor=1e-6,
 )
 
 
@@ -1731,6 +1740,7 @@ def validate(args: Args) -> None:
     runner.check_range(args, "polyak_tau", lo=0.0, hi=1.0)
     for name in ("mu_temper", "mu_mix"):
         runner.check_range(args, name, lo=0.0, hi=1.0)
+    runner.check_range(args, "q_hat_floor", lo=1e-6)
     if args.mu_target == "vtrace" and args.variance_reward == "reference":
         raise runner.ConfigError(
             "--variance-reward reference is q_hat's reward; with --mu-target vtrace q_hat's head fits W "

@@ -147,7 +147,7 @@ def test_the_vtrace_behaviour_is_optimal_for_one_decision_and_never_worse_than_p
 
 def test_the_probe_exact_columns_of_the_behaviours():
     """envs/tabular/exact_jax.py's probe_exact (compiled, float32) against the numpy solver for the new
-    columns: the run's exact target (here --mu-target vtrace, beta 0.5, b 0.7), the KL to it, the V-trace
+    columns: the run's exact target (here --mu-target vtrace, beta 0.5, b 0.7, a floor), the KL to it, the V-trace
     optimum pi sqrt(U), and the head's error against W; with the defaults the target columns repeat
     the mu* columns (the floored mu*)."""
     mdp, gamma = make_mdp("tabular-sparse"), 0.9
@@ -157,9 +157,11 @@ def test_the_probe_exact_columns_of_the_behaviours():
     exact = solve(mdp, pi, gamma)
     U, W = vtrace_tilt(mdp, pi, gamma)
     head = W * rng.uniform(0.8, 1.2, W.shape)
-    out = jax.jit(lambda: probe_exact(mdp, pi, mu, head, gamma, None, "vtrace", 0.5, 0.7))()
+    floor = float(np.median(U))  # --q-hat-floor: a tilt below it is read as it
+    out = jax.jit(lambda: probe_exact(mdp, pi, mu, head, gamma, None, "vtrace", 0.5, 0.7, floor))()
     out = {k: float(v) for k, v in out.items()}
-    target = behaviour(pi, U, 0.5, 0.7, floor=1e-6)
+    target = behaviour(pi, U, 0.5, 0.7, floor=floor)
+    assert np.abs(target - behaviour(pi, U, 0.5, 0.7, floor=1e-6)).max() > 1e-3  # the floor matters here
     is_t, vtrace_t = ratios(mdp, pi, target, gamma)
     is_v, vtrace_v = ratios(mdp, pi, behaviour(pi, U), gamma)
     assert out["probe_exact_ratio_target"] == pytest.approx(is_t, rel=1e-3)
@@ -322,6 +324,7 @@ def test_a_closed_form_mu_has_no_network_no_phase_and_checkpoints(module, tmp_pa
         (dict(mu_mix=-0.1), "--mu-mix must be in [0, 1], got -0.1"),
         (dict(mu_target="vtrace", variance_reward="reference"), "--variance-reward reference is q_hat's reward"),
         (dict(sweep=("mu_temper=0.5,2",)), "--mu-temper must be in [0, 1], got 2"),
+        (dict(q_hat_floor=0.0), "--q-hat-floor must be in [1e-06, inf], got 0.0"),
     ],
 )
 def test_bad_behaviour_flags_are_one_line_errors(flags, message, tmp_path):
@@ -370,7 +373,7 @@ def frozen_closed(env_id, iterations, **flags):
     tables = dict(
         pi=table(lambda o: jax.nn.softmax(trainer.actor.apply(p["pi"], o))),
         mu=table(lambda o: jax.nn.softmax(trainer.mu_dist(state, o))),
-        head=np.clip(table(lambda o: trainer.q_value(trainer.q_hat_net, p["q_hat"], o)), 1e-6, cap),
+        head=np.clip(table(lambda o: trainer.q_value(trainer.q_hat_net, p["q_hat"], o)), args.q_hat_floor, cap),
         q=table(lambda o: trainer.q_value(trainer.q_net, p["q"], o)),
     )
     log_mu = jax.jit(trainer.log_mu)(state, all_observations(mdp), jnp.zeros(mdp.horizon * mdp.num_states, jnp.int32))
@@ -380,20 +383,28 @@ def frozen_closed(env_id, iterations, **flags):
     return args, mdp, tables
 
 
-def test_the_learned_closed_form_against_mu_star():
-    """The closed form computed from the learned q_hat (pi frozen, 30 iterations): its exact IS
-    variance ratio within 10% of mu*'s on tabular-sparse (0.2504 against 0.2500 when written).
-    Within a run, mu is the closed form of the trainer's own pi and q_hat. (On tabular-deepsea-5 it
-    is not within 10%: 0.044 with the default softplus head, 0.020 with --q-hat-head linear at 80
-    iterations, against 0.0162: docs/bpo.md.)"""
-    args, mdp, t = frozen_closed("tabular-sparse", 30)
+@pytest.mark.parametrize(
+    "env_id,iterations,flags",
+    [("tabular-sparse", 30, {}), ("tabular-deepsea-5", 40, dict(q_hat_head="linear", q_hat_floor=3e-5))],
+)
+def test_the_learned_closed_form_against_mu_star(env_id, iterations, flags):
+    """The closed form computed from the learned q_hat (pi frozen): its exact IS variance ratio is at
+    most 1.1 times mu*'s (sparse: 0.2504 against 0.2500 when written; deepsea-5: 0.0126 against
+    0.0162). It may be lower: mu* = pi sqrt(q_hat_pi) minimises each decision's second moment with
+    pi's continuation, not the whole episode's under mu (docs/algorithm.md eq. 18b: with the exact
+    q_hat floored at 1e-4 the ratio is 0.86 of mu*'s on deepsea-5).
+    deepsea-5 needs the linear head (the softplus one stalls near 1e-2 where q_hat is 1e-5: 4x mu*'s
+    ratio) and --q-hat-floor 3e-5: the linear head's q_hat is accurate to about 1e-5 there, and at
+    the reference's floor (1e-6) an action whose q_hat comes out low gets too little of mu (seed 1:
+    60x mu*'s ratio; docs/bpo.md). Within a run, mu is the closed form of the trainer's own pi and q_hat."""
+    args, mdp, t = frozen_closed(env_id, iterations, **flags)
     log_pi = jnp.log(jnp.asarray(t["pi"], jnp.float32))
     closed = jax.nn.softmax(bpo.mu_logits_closed(log_pi, jnp.asarray(t["head"], jnp.float32), 1.0))
     np.testing.assert_allclose(t["mu"], np.asarray(closed, np.float64), atol=1e-5)
     exact = solve(mdp, t["pi"], args.gamma)
     ratio = is_variance(mdp, t["pi"], t["mu"], args.gamma) / exact.var
     ratio_opt = is_variance(mdp, t["pi"], exact.mu_star, args.gamma) / exact.var
-    assert abs(ratio / ratio_opt - 1) < 0.1, (ratio, ratio_opt)
+    assert ratio < 1.1 * ratio_opt, (ratio, ratio_opt)
 
 
 def test_the_learned_vtrace_target_lowers_the_vtrace_variance():

@@ -115,8 +115,8 @@ def test_bpo_traj_differs_from_bpo_only_in_the_named_regions():
 def test_the_check_catches_a_change_to_one_copy():
     bpo, traj = read("bpo.py"), read("bpo_traj.py")
     for old, new in [
-        ("q_hat floored at 1e-6", "q_hat floored at 1e-5"),  # update_mu's docstring
-        ("jnp.maximum(q, 1e-6))", "jnp.maximum(q, 1e-5))"),  # update_mu's code
+        ("q_hat floored at q_hat_floor and", "q_hat floored at 1e-5 and"),  # update_mu's docstring
+        ("jnp.maximum(q, lo))", "jnp.maximum(q, 1e-5))"),  # q_hat_for_mu's code
         ("clip_coef = jnp.where(args.anneal_clip", "clip_coef = 0.5 * jnp.where(args.anneal_clip"),  # ppo_update
         ("    return 2.0 * r * q - r**2", "    return 2.0 * r * q - 0.5 * r**2"),  # variance_reward
         ("k_act, k_env = jax.random.split(k)", "k_env, k_act = jax.random.split(k)"),  # the probe's step

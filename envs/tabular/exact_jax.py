@@ -205,18 +205,28 @@ def _kl(mu, target):
 
 
 def probe_exact(
-    mdp: TabularMDP, pi, mu, q_hat_learned, gamma, V=None, target: str = "second-moment", beta=1.0, mix=1.0
+    mdp: TabularMDP,
+    pi,
+    mu,
+    q_hat_learned,
+    gamma,
+    V=None,
+    target: str = "second-moment",
+    beta=1.0,
+    mix=1.0,
+    floor=Q_HAT_FLOOR,
 ) -> dict:
     """The variance probe's exact columns (float32 scalars) for the tables pi, mu, q_hat_learned [H, S, A]
     (the learned q_hat head in the environment's raw reward units, squared: the second moment q_hat, or
     W = Var(G | s, a) with target "vtrace") and optionally a learned critic V [H, S]; target, beta and
-    mix are the run's --mu-target, --mu-temper and --mu-mix (beta and mix may be traced).
+    mix are the run's --mu-target, --mu-temper and --mu-mix, floor its --q-hat-floor in raw reward units
+    (beta, mix and floor may be traced).
     All are about the whole episode (H steps); var_pi = pi's on-policy Var(G), mu* ∝ pi sqrt(q_hat)
     with pi's exact q_hat, mu_V ∝ pi sqrt(U) with pi's exact U = (Q - V_pi)^2 + W (exact.vtrace_tilt,
     the behaviour that suits the V-trace target), the run's exact target mu_target = (1 - mix) pi +
-    mix pi tilt^(beta/2) / Z with the exact tilt of `target` (q_hat or U) floored at Q_HAT_FLOOR = 1e-6
-    (what the run's mu would be with the exact tilt: exact.behaviour), d = pi's visitation
-    (visitation_jax), and a ratio is nan where var_pi = 0:
+    mix pi tilt^(beta/2) / Z with the exact tilt of `target` (q_hat or U) floored at `floor` (the run's
+    --q-hat-floor, 1e-6 by default: what the run's mu would be with the exact tilt: exact.behaviour),
+    d = pi's visitation (visitation_jax), and a ratio is nan where var_pi = 0:
 
       probe_exact_ratio             is_variance(pi, mu) / var_pi: the learned mu against on-policy sampling
       probe_exact_ratio_opt         is_variance(pi, mu*) / var_pi, mu* with no floor (exact.behaviour_star:
@@ -250,7 +260,7 @@ def probe_exact(
     fitted, tilt = (exact.W, u) if target == "vtrace" else (exact.q_hat, exact.q_hat)
     mu_star = behaviour_star_jax(pi, exact.q_hat)
     mu_star_floor = behaviour_star_jax(pi, exact.q_hat, Q_HAT_FLOOR)
-    mu_target = behaviour_jax(pi, tilt, beta, mix, Q_HAT_FLOOR)
+    mu_target = behaviour_jax(pi, tilt, beta, mix, floor)
     mu_v = behaviour_jax(pi, u)
     d = visitation_jax(mdp, pi)
     weight = d[..., None] * pi
