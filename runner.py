@@ -1803,9 +1803,10 @@ def print_progress(name, last_rows, done_iters, num_iterations, batch, train_sec
 
 def tensorboard_writer(out: str, args, start_step: int):
     """The TensorBoard events of `<out>/tb` (tensorboardX's event files; no TensorFlow needed), the
-    configuration as text. On resume, events at or after the checkpoint's step are purged (they are
-    written again)."""
-    writer = TensorBoardEvents(os.path.join(out, "tb"), purge_step=start_step or None)
+    configuration as text. On resume, TensorBoard hides the events an earlier session wrote after the
+    checkpoint's step (they are written again); those at its step belong to the interval the
+    checkpoint ends, which is not computed again, and stay."""
+    writer = TensorBoardEvents(os.path.join(out, "tb"), purge_step=start_step + 1 if start_step else None)
     if not start_step:
         config = json.dumps(dataclasses.asdict(args), indent=2)
         writer.add_text("config", "    " + config.replace("\n", "\n    "), 0)
@@ -1823,7 +1824,7 @@ class TensorBoardEvents:
 
         os.makedirs(logdir, exist_ok=True)
         self._events, self._event = EventsWriter(os.path.join(logdir, "events")), Event
-        if purge_step is not None:  # TensorBoard drops what an earlier session wrote from this step on
+        if purge_step is not None:  # TensorBoard hides what an earlier session wrote from this step on
             self._events.write_event(Event(step=purge_step, file_version="brain.Event:2"))
             self._events.write_event(Event(step=purge_step, session_log=SessionLog(status=SessionLog.START)))
 
