@@ -759,7 +759,13 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
             return_sum=jnp.sum(done * ep_return),
             length_sum=jnp.sum(done * ep_length),
         )
-        return state, stats
+        if args.verbose >= 2:  # the rollout's steps, and its importance ratios pi/mu as of collection
+            stats.update(training.step_statistics(traj.reward, traj.value, vs, batch.advantage))
+            stats.update(
+                hist_advantage=training.histogram(batch.advantage),
+                hist_ratio=training.histogram(traj.log_pi - traj.log_mu, log=True),
+            )
+        return state, training.at_verbosity(stats, args.verbose)  # --verbose 0: the rest is never computed
 
     # 1. Rollout with mu --------------------------------------------------------------------------
     def rollout(state):
@@ -1705,7 +1711,7 @@ def run(args: Args) -> dict:
         "bpo",
         validate,
         make_train,
-        METRIC_COLUMNS
+        runner.verbose_columns(args, METRIC_COLUMNS)
         + (PROBE_COLUMNS if args.variance_probe else ())
         + (EXACT_PROBE_COLUMNS if args.variance_probe and envs.is_tabular(args.env_id) else ()),
         SWEEPABLE,

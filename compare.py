@@ -75,6 +75,16 @@ def load_runs(folder: str, label: str | None, metric: str = "eval_return") -> li
         raise CompareError(f"{config_path}: malformed ({e!r})")
     try:
         with open(metrics_path, newline="") as f:
+            header = next(csv.reader(f), [])
+    except ValueError as e:  # (not text)
+        raise CompareError(f"{metrics_path}: malformed ({e!r})")
+    if header and metric not in header:  # a column this run's --verbose level does not write, or none writes
+        raise CompareError(
+            f"{metrics_path}: malformed (no column {metric!r}; the run was made with --verbose "
+            f"{config['args'].get('verbose', 1)}, and docs/runs.md lists the columns of each level)"
+        )
+    try:
+        with open(metrics_path, newline="") as f:
             rows = [
                 (
                     int(r.get("member") or 0),

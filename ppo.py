@@ -278,7 +278,13 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
             return_sum=jnp.sum(done * ep_return),
             length_sum=jnp.sum(done * ep_length),
         )
-        return state, stats
+        if args.verbose >= 2:  # the rollout's steps, and how far the update moved pi on them: pi_new / pi_old
+            log_ratio = log_prob(spec, actor.apply(state.params["pi"], batch.obs), traj.action) - traj.log_pi
+            stats.update(training.step_statistics(traj.reward, traj.value, target, adv))
+            stats.update(
+                hist_advantage=training.histogram(adv), hist_update_ratio=training.histogram(log_ratio, log=True)
+            )
+        return state, training.at_verbosity(stats, args.verbose)  # --verbose 0: the rest is never computed
 
     # 1. Rollout with pi --------------------------------------------------------------------------
     def rollout(state):
@@ -557,7 +563,7 @@ def validate(args: Args) -> None:
 
 
 def run(args: Args) -> dict:
-    return runner.run(args, "ppo", validate, make_train, METRIC_COLUMNS, SWEEPABLE)
+    return runner.run(args, "ppo", validate, make_train, runner.verbose_columns(args, METRIC_COLUMNS), SWEEPABLE)
 
 
 if __name__ == "__main__":

@@ -85,6 +85,7 @@ import numpy as np  # noqa: E402
 import tyro  # noqa: E402
 
 import envs  # noqa: E402
+import training  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
 # jax's CPU compilation options, set by each script's call of configure_jax()
@@ -193,6 +194,11 @@ class RunArgs:
     last evaluation) in <output-dir>/videos/, named by env steps, and in TensorBoard with --tensorboard"""
     capture_video_every: int = 0
     """with --capture-video, also a video every this many evaluations (0: only at the end)"""
+    verbose: int = 1
+    """how much a run computes and logs (docs/runs.md): 0, the returns and the losses only (the rest is
+    not computed at all); 1, every diagnostic of the script; 2, also the rollouts' rewards, values,
+    returns and advantages (mean, std, min, max) and, in TensorBoard, histograms of the advantages and
+    the importance ratios"""
     sweep: tuple[str, ...] = ()
     """KEY=V1,V2,... [KEY=V1,V2,...]: train the grid product of these values (each member with
     every seed) in one compiled program, e.g. --sweep clip_coef=0.1,0.2 gamma=0.99,0.999; numbers
@@ -302,7 +308,10 @@ RESUME_MAY_CHANGE = (
 
 
 # RunArgs flags added after runs were made, and the value such a run behaved as (see resumed_args)
-RUN_ARGS_OLD_VALUES = dict(capture_video=False, capture_video_every=0)
+RUN_ARGS_OLD_VALUES = dict(capture_video=False, capture_video_every=0, verbose=1)
+
+# Why a flag may not change on --resume, where the reason is not the run's numbers
+RESUME_FIXED_BECAUSE = {"verbose": "it chooses metrics.csv's columns, and the run's header holds its own"}
 
 
 def resumed_args(args_type, folder: str, argv, description: str, old_run_values: dict | None = None):
@@ -342,9 +351,10 @@ def resumed_args(args_type, folder: str, argv, description: str, old_run_values:
     args = tyro.cli(args_type, args=argv, default=saved, description=description)
     for name in sorted(set(fields) - set(RESUME_MAY_CHANGE)):
         if getattr(args, name) != getattr(saved, name):
+            because = f" ({RESUME_FIXED_BECAUSE[name]})" if name in RESUME_FIXED_BECAUSE else ""
             raise ConfigError(
                 f"--resume: {_flag(name)} {getattr(args, name)} differs from the run's "
-                f"{getattr(saved, name)}; only a larger --total-timesteps may change it"
+                f"{getattr(saved, name)}{because}; only a larger --total-timesteps may change it"
             )
     if args.total_timesteps < saved.total_timesteps:
         raise ConfigError(
@@ -384,9 +394,37 @@ def check_range(args, name: str, lo=None, hi=None, lo_open=False, hi_open=False,
     raise ConfigError(f"{_flag(name)} must be in {left}, {right}, got {v}")
 
 
+# --verbose: metrics.csv's columns at level 0 (every script's first ones), and those level 2 adds
+VERBOSE_0_COLUMNS = (
+    "seed",
+    "env_steps",
+    "train_return",
+    "train_length",
+    "eval_return",
+    "eval_return_std",
+    "pg_loss",
+    "v_loss",
+)
+STEP_COLUMNS = tuple(f"{q}_{s}" for q in training.STEP_STATISTICS for s in ("mean", "std", "min", "max"))
+
+
+def check_verbose(args) -> None:
+    if args.verbose not in (0, 1, 2):
+        raise ConfigError(f"--verbose must be 0, 1 or 2, got {args.verbose}")
+
+
+def verbose_columns(args, columns: tuple[str, ...]) -> tuple[str, ...]:
+    """metrics.csv's columns at --verbose, from a script's own (its METRIC_COLUMNS, level 1): level 0
+    keeps VERBOSE_0_COLUMNS, what every run needs (the returns, and the losses the divergence guard
+    watches), level 2 adds STEP_COLUMNS. The script's iteration computes the same (training.at_verbosity)."""
+    check_verbose(args)
+    return (VERBOSE_0_COLUMNS, tuple(columns), tuple(columns) + STEP_COLUMNS)[args.verbose]
+
+
 def validate(args) -> None:
     """The checks every script shares, each failure a one-line message naming the flags."""
     envs.canonical_id(args.env_id)  # raises with the list of valid ids
+    check_verbose(args)
     backends = envs.BRAX_BACKENDS if envs.is_brax(args.env_id) else envs.PLAYGROUND_BACKENDS
     if (envs.is_brax(args.env_id) or envs.is_playground(args.env_id)) and args.env_backend not in backends:
         raise ConfigError(f"--env-backend {args.env_backend!r} is not one of {', '.join(backends)}")
@@ -1594,6 +1632,7 @@ def train_intervals(plan: Plan, out, compiled, state, progress, rows, manager, s
                 metrics = jax.device_get(plan.place.get(metrics))
             newly = ~metrics.pop("finite") & ~frozen
             eval_keys = np.asarray(metrics.pop("eval_key"))  # each row's evaluation key (uint32 [rows, 2])
+            histograms = {k: metrics.pop(k) for k in [k for k in metrics if k.startswith("hist_")]}  # --verbose 2
             with _signals_deferred() as caught:
                 steps = (done_iters + n) * batch
                 for i in np.flatnonzero(newly):
@@ -1623,7 +1662,7 @@ def train_intervals(plan: Plan, out, compiled, state, progress, rows, manager, s
                 rows += new_rows
                 if tb is not None:
                     try:
-                        log_tensorboard(tb, new_rows, plan.metric_columns[2:], steps)
+                        log_tensorboard(tb, new_rows, plan.metric_columns[2:], steps, histograms)
                     except OSError as e:
                         raise WriteFailed("tb/ (TensorBoard's events)", e.strerror) from None
                 progress.update(
@@ -1764,9 +1803,10 @@ def print_progress(name, last_rows, done_iters, num_iterations, batch, train_sec
 
 def tensorboard_writer(out: str, args, start_step: int):
     """The TensorBoard events of `<out>/tb` (tensorboardX's event files; no TensorFlow needed), the
-    configuration as text. On resume, events at or after the checkpoint's step are purged (they are
-    written again)."""
-    writer = TensorBoardEvents(os.path.join(out, "tb"), purge_step=start_step or None)
+    configuration as text. On resume, TensorBoard hides the events an earlier session wrote after the
+    checkpoint's step (they are written again); those at its step belong to the interval the
+    checkpoint ends, which is not computed again, and stay."""
+    writer = TensorBoardEvents(os.path.join(out, "tb"), purge_step=start_step + 1 if start_step else None)
     if not start_step:
         config = json.dumps(dataclasses.asdict(args), indent=2)
         writer.add_text("config", "    " + config.replace("\n", "\n    "), 0)
@@ -1776,7 +1816,7 @@ def tensorboard_writer(out: str, args, start_step: int):
 class TensorBoardEvents:
     """A TensorBoard event file written in this thread. (tensorboardX's SummaryWriter writes from a
     thread of its own: a write that fails there, on a full disk, is a traceback in that thread and
-    a queue that then blocks the run.) The same records: a scalar or a text per event."""
+    a queue that then blocks the run.) The same records: a scalar, a text or a histogram per event."""
 
     def __init__(self, logdir: str, purge_step: int | None = None):
         from tensorboardX.event_file_writer import EventsWriter
@@ -1784,7 +1824,7 @@ class TensorBoardEvents:
 
         os.makedirs(logdir, exist_ok=True)
         self._events, self._event = EventsWriter(os.path.join(logdir, "events")), Event
-        if purge_step is not None:  # TensorBoard drops what an earlier session wrote from this step on
+        if purge_step is not None:  # TensorBoard hides what an earlier session wrote from this step on
             self._events.write_event(Event(step=purge_step, file_version="brain.Event:2"))
             self._events.write_event(Event(step=purge_step, session_log=SessionLog(status=SessionLog.START)))
 
@@ -1797,6 +1837,15 @@ class TensorBoardEvents:
         from tensorboardX.summary import text as text_summary
 
         self._write(text_summary(tag, text), step)
+
+    def add_histogram(self, tag: str, h, step: int) -> None:
+        """A histogram already binned (training.Histogram of one row): TensorBoard's HistogramProto,
+        whose bucket i holds the values from limit i-1 (min, for the first) up to limit i."""
+        from tensorboardX.summary import histogram_raw
+
+        limits, counts = np.asarray(h.limits, np.float64), np.asarray(h.counts, np.float64)
+        args = (float(h.min), float(h.max), float(h.num), float(h.sum), float(h.sum_squares))
+        self._write(histogram_raw(tag, *args, limits.tolist(), counts.tolist()), step)
 
     def add_summary(self, summary, step: int) -> None:
         """A ready-made Summary proto (watch.log_video's animated GIF)."""
@@ -1812,10 +1861,11 @@ class TensorBoardEvents:
         self._events.close()
 
 
-def log_tensorboard(writer, rows: list[dict], metrics, steps: int) -> None:
+def log_tensorboard(writer, rows: list[dict], metrics, steps: int, histograms: dict | None = None) -> None:
     """Every metric of every seed (`<metric>/seed_<i>`, in a sweep `<metric>/member_<k>_seed_<i>`)
     and its mean over the healthy seeds (`<metric>/mean`, `<metric>/member_<k>_mean`), at env steps
-    per seed."""
+    per seed; with --verbose 2 the histograms of every healthy seed (`hist_<name>/seed_<i>`; arrays
+    with a leading axis of rows, as `rows`: training.Histogram)."""
     healthy = [r for r in rows if not r["diverged"]]
     groups = sorted({r.get("member") for r in rows}, key=lambda k: -1 if k is None else k)
     for k in metrics:
@@ -1826,6 +1876,11 @@ def log_tensorboard(writer, rows: list[dict], metrics, steps: int) -> None:
             values = [r[k] for r in healthy if r.get("member") == g and np.isfinite(r[k])]
             if values:
                 writer.add_scalar(f"{k}/mean" if g is None else f"{k}/member_{g}_mean", float(np.mean(values)), steps)
+    for k, h in (histograms or {}).items():
+        for i, r in enumerate(rows):
+            if not r["diverged"]:
+                member = f"member_{r['member']}_" if "member" in r else ""
+                writer.add_histogram(f"{k}/{member}seed_{r['seed']}", jax.tree.map(lambda x: x[i], h), steps)
     writer.add_scalar("diverged_seeds", len(rows) - len(healthy), steps)
     writer.flush()
 
