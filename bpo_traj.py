@@ -460,7 +460,8 @@ def replay_add(rb: Replay, **new: jax.Array) -> Replay:
 
 
 def replay_obs(obs):
-    """Stored observations as the networks read them: float32 (exactly: uint8 holds them exactly)."""
+    """Stored observations as the networks read them, float32: the same numbers the rollout saw
+    (uint8 storage is used only where it holds every observation exactly)."""
     return obs.astype(jnp.float32)
 
 
