@@ -1,7 +1,7 @@
 """--torso and --torso-shared (torsos.py): shapes through every torso, discrete and continuous,
 shared and separate; which gradients reach a shared torso; image observations stored as uint8 in
-BPO's replay buffer; bad input is one line before anything compiles. That `--torso mlp` leaves
-every number unchanged is the rest of the suite, which runs with it."""
+BPO's replay buffer; bad input is one line before anything compiles. The rest of the suite runs
+with `--torso mlp`, the default (that it gives the numbers of the code before it is in docs/tests.md)."""
 
 import os
 import subprocess
