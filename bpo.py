@@ -51,6 +51,7 @@ import numpy as np
 import optax
 
 import envs
+import torsos
 import training
 from envs.tabular.exact_jax import policy_tables, probe_exact
 
@@ -58,7 +59,8 @@ runner.configure_jax()  # jax's CPU compilation options (runner.py); no effect o
 
 
 # ----------------------------------------------------------------------------------------------
-# Networks: pi and mu (same architecture; mu starts as a copy of pi), V, Q and q_hat
+# Networks: pi and mu (same architecture; mu starts as a copy of pi), V, Q and q_hat, fed by a
+# torso (torsos.py: --torso)
 # ----------------------------------------------------------------------------------------------
 def dense(features: int, kernel_init: str, scale: float) -> nn.Dense:
     init = nn.initializers.orthogonal(scale) if kernel_init == "orthogonal" else nn.initializers.lecun_normal()
@@ -373,7 +375,7 @@ def behaviour_mixes(args) -> bool:
 # Replay buffer: FIFO, replay_size transitions per seed, on device
 # ----------------------------------------------------------------------------------------------
 class Replay(NamedTuple):
-    obs: jax.Array  # raw observations
+    obs: jax.Array  # raw observations (as uint8 where the environment allows: replay_init)
     action: jax.Array
     reward: jax.Array  # the (scaled) environment reward, without the truncation bootstrap
     done: jax.Array  # 1 where the step ends an episode (terminated or truncated)
@@ -387,16 +389,19 @@ class Replay(NamedTuple):
 REPLAY_DATA = Replay._fields[:-2]  # the per-transition fields
 
 
-def replay_init(capacity: int, obs_shape, spec: envs.ActionSpec) -> Replay:
+def replay_init(capacity: int, obs_shape, spec: envs.ActionSpec, obs_dtype=None) -> Replay:
+    """An empty buffer. Observations are stored as obs_dtype, the environment's exact narrow dtype
+    (env.obs_dtype: uint8 for MinAtar's 0/1 grids, a quarter of float32's memory), or float32 (None);
+    replay_obs reads them back."""
     action = jnp.zeros((capacity,), jnp.int32) if spec.discrete else jnp.zeros((capacity, spec.n))
     z = jnp.zeros(capacity)
     return Replay(
-        jnp.zeros((capacity,) + obs_shape),
+        jnp.zeros((capacity,) + obs_shape, obs_dtype),
         action,
         z,
         z,
         z,
-        jnp.zeros((capacity,) + obs_shape),
+        jnp.zeros((capacity,) + obs_shape, obs_dtype),
         z,
         jnp.int32(0),
         jnp.int32(0),
@@ -405,13 +410,20 @@ def replay_init(capacity: int, obs_shape, spec: envs.ActionSpec) -> Replay:
 
 def replay_add(rb: Replay, **new: jax.Array) -> Replay:
     """Append n transitions, one array per field of REPLAY_DATA (leading axis n), overwriting the
-    oldest."""
+    oldest; each stored in its field's dtype (observations as replay_init chose)."""
     capacity, n = rb.reward.shape[0], new["reward"].shape[0]
+    new = {f: new[f].astype(getattr(rb, f).dtype) for f in REPLAY_DATA}
     if n >= capacity:  # the newest `capacity` transitions fill the buffer
         return Replay(*(new[f][n - capacity :] for f in REPLAY_DATA), jnp.int32(0), jnp.int32(capacity))
     idx = (rb.ptr + jnp.arange(n)) % capacity
     data = (getattr(rb, f).at[idx].set(new[f]) for f in REPLAY_DATA)
     return Replay(*data, (rb.ptr + n) % capacity, jnp.minimum(rb.size + n, capacity))
+
+
+def replay_obs(obs):
+    """Stored observations as the networks read them, float32: the same numbers the rollout saw
+    (uint8 storage is used only where it holds every observation exactly)."""
+    return obs.astype(jnp.float32)
 
 
 def replay_minibatches(key, size, capacity: int, minibatch_size: int, epochs: int):
@@ -559,7 +571,7 @@ class Transition(NamedTuple):  # a rollout, [T, E], as the estimator and the rep
 
 
 class Batch(NamedTuple):  # what the PPO update reads
-    obs: jax.Array  # normalised
+    obs: jax.Array  # normalised (the loss applies the torso)
     action: jax.Array
     log_old: jax.Array  # log mu, or log pi with weight_on_adv
     value: jax.Array  # V as of collection (for clip_vloss)
@@ -603,6 +615,7 @@ class Trainer(NamedTuple):
     critic: nn.Module
     q_net: nn.Module
     q_hat_net: nn.Module
+    torso: torsos.Torso  # what turns observations into the heads' input (features)
 
 
 LAST_VALUE_METRICS = ("r_max", "r_min", "r_hat_max")  # reported as of the end of an interval
@@ -624,8 +637,12 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
     num_minibatches = batch_size // args.minibatch_size
     num_iterations = args.total_timesteps // batch_size
     iters_per_interval = max(1, min(args.eval_every // batch_size, num_iterations))
-    actor = Actor(spec, args.hidden_sizes, args.actor_activation, args.kernel_init, args.log_std_init)
-    critic = Critic(args.critic_hidden_sizes or args.hidden_sizes, args.critic_activation, args.kernel_init)
+    # --torso: mlp (the observation flattened), or a CNN shared by every network or one in each (torsos.py)
+    torso = torsos.make(args.torso, args.torso_shared, env.obs_shape, args.kernel_init)
+    actor = torso.network(Actor(spec, args.hidden_sizes, args.actor_activation, args.kernel_init, args.log_std_init))
+    critic = torso.network(
+        Critic(args.critic_hidden_sizes or args.hidden_sizes, args.critic_activation, args.kernel_init)
+    )
     q_args = (
         spec,
         args.q_hidden_sizes,
@@ -634,7 +651,8 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         args.q_layer_norm,
         args.q_zero_init,
     )
-    q_net, q_hat_net = QNet(*q_args, positive=False), QNet(*q_args, positive=args.q_hat_head == "softplus")
+    q_net = torso.network(QNet(*q_args, positive=False))
+    q_hat_net = torso.network(QNet(*q_args, positive=args.q_hat_head == "softplus"))
     # The behaviour (eq. 18-23): mu a network, or in closed form (no network, no step 7); acting with
     # (1 - mu_mix) pi + mu_mix mu unless mu_mix is 1 as a number (a swept mu_mix always mixes)
     closed = args.mu_form == "closed"
@@ -658,15 +676,25 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
     def normalize(state, obs):
         return envs.normalize_obs(state.obs_rms, obs) if args.normalize_obs else obs
 
+    def inputs(state, obs):
+        """What the networks read at raw observations: normalised, then the torso's features (a shared
+        CNN is differentiated only inside the PPO loss: ppo_update)."""
+        return torso.features(state.params, normalize(state, obs))
+
     def init(key):
         k_pi, k_v, k_env, k_train = jax.random.split(key, 4)  # as ppo.py: --no-bpo draws its numbers
         k_q, k_q_hat = jax.random.split(jax.random.fold_in(key, 1))
-        dummy_obs, dummy_action = jnp.zeros(env.obs_shape), (None if spec.discrete else jnp.zeros(spec.n))
+        shared = torso.init(jax.random.fold_in(key, 2), env.obs_shape)  # {"torso": ...} or {}, as ppo.py
+        dummy_obs = torso.features(shared, jnp.zeros(env.obs_shape))
+        dummy_action = None if spec.discrete else jnp.zeros(spec.n)
         pi, v = actor.init(k_pi, dummy_obs), critic.init(k_v, dummy_obs)
         q, q_hat = q_net.init(k_q, dummy_obs, dummy_action), q_hat_net.init(k_q_hat, dummy_obs, dummy_action)
-        params = dict(pi=pi, mu=pi, v=v, q=q, q_target=q, q_hat=q_hat, q_hat_target=q_hat)
+        params = dict(pi=pi, mu=pi, v=v, q=q, q_target=q, q_hat=q_hat, q_hat_target=q_hat, **shared)
         opt_state = dict(
-            ppo=tx_pi_v.init({"pi": pi, "v": v}), mu=tx_phase.init(pi), q=tx_phase.init(q), q_hat=tx_phase.init(q_hat)
+            ppo=tx_pi_v.init({"pi": pi, "v": v, **shared}),
+            mu=tx_phase.init(pi),
+            q=tx_phase.init(q),
+            q_hat=tx_phase.init(q_hat),
         )
         if closed:  # no mu network: nothing of it in the state (or the compiled program)
             del params["mu"], opt_state["mu"]
@@ -675,7 +703,7 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         return TrainState(
             params,
             opt_state,
-            replay_init(args.replay_size, env.obs_shape, spec),
+            replay_init(args.replay_size, env.obs_shape, spec, env.obs_dtype),
             env_state,
             obs,
             envs.rms_init(env.obs_shape),
@@ -694,7 +722,7 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
             args.anneal_lr, args.learning_rate * (1.0 - state.iteration / num_iterations), args.learning_rate
         )
         state, traj, (done, ep_return, ep_length, discounted_return) = rollout(state)  # 1.
-        last_value = critic.apply(state.params["v"], normalize(state, state.obs))
+        last_value = critic.apply(state.params["v"], inputs(state, state.obs))
         vs, adv, rho, clipped = vtrace(
             traj.reward,
             traj.value,
@@ -776,7 +804,7 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         def step(carry, t):
             env_state, obs, scaler, noise, key = carry
             key, k_act, k_env = jax.random.split(key, 3)
-            obs_n = normalize(state, obs)
+            obs_n = inputs(state, obs)
             mu_d = mu_dist(state, obs_n)
             if args.noise_hold_steps > 1:  # one noise draw per environment, held for noise_hold_steps steps (eq. 16)
                 noise = jnp.where(t % args.noise_hold_steps == 0, jax.random.normal(k_act, noise.shape), noise)
@@ -808,8 +836,8 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         # [T, E] observations after it (a batched pass, not one per step; with mu = pi, log mu and log
         # pi are then the same numbers, bitwise). A truncated episode did not end: its reward
         # bootstraps from V of the TRUE final observation (eq. 4).
-        obs_n = normalize(state, steps.obs)
-        bootstrap = args.gamma * steps.truncated * critic.apply(p["v"], normalize(state, steps.final_obs))
+        obs_n = inputs(state, steps.obs)
+        bootstrap = args.gamma * steps.truncated * critic.apply(p["v"], inputs(state, steps.final_obs))
         traj = Transition(
             obs=steps.obs,
             action=steps.action,
@@ -852,11 +880,16 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         # with BPO on, the entropy bonus is mu's network's; pi's with --no-bpo or a closed-form mu
         ent_coef = args.ent_coef if args.no_bpo or closed else 0.0
         flat = jax.tree.map(lambda x: x.reshape((batch_size,) + x.shape[2:]), batch)
-        grad_fn = jax.grad(ppo_loss, has_aux=True)
+
+        def loss(params, mb):  # the torso inside the differentiated loss: a shared one learns from pi's and V's
+            mb = mb._replace(obs=torso.features(params, mb.obs))
+            return ppo_loss(params, actor.apply, critic.apply, spec, mb, clip_coef, ent_coef, args)
+
+        grad_fn = jax.grad(loss, has_aux=True)
 
         def minibatch_step(carry, mb):
             params, opt_state = carry
-            grads, stats = grad_fn(params, actor.apply, critic.apply, spec, mb, clip_coef, ent_coef, args)
+            grads, stats = grad_fn(params, mb)
             updates, opt_state = tx_pi_v.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), stats
 
@@ -866,7 +899,7 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
             return jax.lax.scan(minibatch_step, carry, mbs)
 
         key, k_perm = jax.random.split(state.key)
-        pi_v = {"pi": state.params["pi"], "v": state.params["v"]}
+        pi_v = {"pi": state.params["pi"], "v": state.params["v"], **torso.shared_params(state.params)}
         (pi_v, opt), stats = jax.lax.scan(
             epoch, (pi_v, state.opt_state["ppo"]), jax.random.split(k_perm, args.num_epochs)
         )
@@ -882,6 +915,7 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
             args.anneal_clip, args.clip_coef * (1.0 - state.iteration / num_iterations), args.clip_coef
         )
         flat = jax.tree.map(lambda x: x.reshape((batch_size,) + x.shape[2:]), batch)
+        flat = flat._replace(obs=torso.features(state.params, flat.obs))
         pi_v = {"pi": state.params["pi"], "v": state.params["v"]}
         _, stats = ppo_loss(pi_v, actor.apply, critic.apply, spec, flat, clip_coef, 0.0, args)
         return {**stats, "clip_coef": jnp.float32(clip_coef)}
@@ -889,7 +923,7 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
     # 4. and 6. Fitted Q evaluation of pi on the replay buffer (fqe) -------------------------------
     def fqe_inputs(state) -> FQEData:
         rb, pi = state.replay, state.params["pi"]
-        obs, next_obs = normalize(state, rb.obs), normalize(state, rb.next_obs)
+        obs, next_obs = inputs(state, replay_obs(rb.obs)), inputs(state, replay_obs(rb.next_obs))
         w_td = jnp.clip(jnp.exp(log_prob(spec, actor.apply(pi, obs), rb.action) - rb.log_mu), 0.1, 10.0)
         return FQEData(
             obs=obs, next_obs=next_obs, pi_next=actor.apply(pi, next_obs), mask=1.0 - rb.done + rb.truncated, w_td=w_td
@@ -1021,7 +1055,7 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         r_hat_max / (1 - gamma^2) (with --mu-target vtrace: W, in the tilt U of eq. 21)."""
         rb, p = state.replay, state.params
         key, k_mb, k_a = jax.random.split(state.key, 3)
-        obs = normalize(state, rb.obs)
+        obs = inputs(state, replay_obs(rb.obs))
 
         # pi, Q and q_hat do not change in this phase: pi(.|s), the tilt's baseline V_pi(s) and
         # (discrete) the tilt at every action once per state
@@ -1087,7 +1121,7 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
 
             return at
 
-        normalized = lambda obs: normalize(state, obs)  # noqa: E731
+        normalized = lambda obs: inputs(state, obs)  # noqa: E731
         out = variance_probe(
             args,
             env,
@@ -1133,7 +1167,7 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         )
         metrics = training.interval_metrics(stats, num_active, LAST_VALUE_METRICS)
         key, k_eval = jax.random.split(state.key)
-        act = lambda obs: mode(spec, actor.apply(state.params["pi"], normalize(state, obs)))  # noqa: E731
+        act = lambda obs: mode(spec, actor.apply(state.params["pi"], inputs(state, obs)))  # noqa: E731
         returns = training.evaluate(env, act, args.eval_episodes, k_eval)
         # eval_key: the evaluation's key, which params.msgpack keeps so that evaluate.py repeats it
         metrics.update(eval_return=returns.mean(), eval_return_std=returns.std(), eval_key=k_eval)
@@ -1163,6 +1197,7 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         critic,
         q_net,
         q_hat_net,
+        torso,
     )
 
 
@@ -1454,7 +1489,17 @@ class Args(runner.RunArgs):
     critic_activation: Literal["tanh", "relu", "swish"] = "tanh"
     """activation of the hidden layers of V, Q and q_hat"""
     kernel_init: Literal["orthogonal", "lecun_normal"] = "lecun_normal"
-    """weight init of pi, mu, V: orthogonal (gain sqrt 2; 0.01 actor head, 1 critic head) or lecun_normal"""
+    """weight init of pi, mu, V: orthogonal (gain sqrt 2; 0.01 actor head, 1 critic head) or lecun_normal;
+    a CNN torso's too (every network's)"""
+    torso: Literal["mlp", "minatar-cnn", "nature-cnn", "auto"] = "mlp"
+    """what turns an observation into the MLP heads' input (torsos.py): mlp, the observation flattened;
+    minatar-cnn, MinAtar's convolution (16 filters 3x3, stride 1); nature-cnn, the BPO reference's
+    featurizer (Nature-DQN's 3 convolutions, images of at least 36x36); auto, the convolutional one for
+    image observations (MinAtar: minatar-cnn), mlp for vectors"""
+    torso_shared: bool = True
+    """with a CNN torso: one CNN feeds pi, V, mu, Q and q_hat, trained by the PPO loss of pi and V only
+    (the reference's featurizer; FQE and mu's loss read its features as fixed); --no-torso-shared: each
+    network has its own, trained by its own loss"""
     noise_hold_steps: int = 0
     """hold each Gaussian exploration noise draw for this many rollout steps, per environment (the
     reference's use_sde with sde_sample_freq); 0 or 1 draws new noise every step"""
@@ -1606,6 +1651,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         q_hidden_sizes=(256, 256), weight_td=True, clip_targets=True, replay_size=983_040,
         fqe_minibatch_size=30_720, mu_minibatch_size=15_360, fqe_epochs=20, mu_epochs=20,
     ),
+    # PureJaxRL's PPO settings for gymnax's MinAtar games (as ppo.py's minatar_ppo); BPO phases ours:
+    # the replay buffer holds one rollout, minibatches of PPO's size (docs/presets.md)
+    "minatar_ppo": dict(
+        total_timesteps=10_000_000, num_envs=64, num_steps=128, num_epochs=4, minibatch_size=1024,
+        learning_rate=5e-3, anneal_lr=True, adam_eps=1e-5, max_grad_norm=0.5, gamma=0.99, gae_lambda=0.95,
+        clip_coef=0.2, anneal_clip=False, clip_vloss=True, norm_adv=True, ent_coef=0.01, vf_coef=0.25,
+        hidden_sizes=(64, 64), critic_hidden_sizes=(), actor_activation="relu", critic_activation="relu",
+        kernel_init="orthogonal", normalize_obs=False, eval_every=10 * 8192,
+        q_hidden_sizes=(64, 64), weight_td=True, clip_targets=True, replay_size=8192,
+        fqe_minibatch_size=1024, mu_minibatch_size=1024, fqe_epochs=10, mu_epochs=10,
+    ),
     "ppo_bpo": _PPO_BPO,
     "ppo_bpo_zero": _ZERO,
     "ppo_bpo_zero1.0": dict(_ZERO, clip_rho=1.0, clip_c=1.0),
@@ -1615,7 +1671,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # fmt: on
 
 
-# What a Brax or a Playground env id gets without --preset
+# What a Brax, a Playground or a MinAtar env id gets without --preset
 PRESETS.update(
     {env_id: dict(preset, **envs.tabular.BPO_PRESETS[env_id]) for env_id, preset in envs.tabular.PRESETS.items()}
 )
@@ -1623,6 +1679,7 @@ PRESETS.update(
 SUITE_PRESETS = {
     "brax": ["mujoco_ppo", "ppo_bpo_zero1.0"],
     "playground": ["playground_dm_control", "ppo_bpo_zero1.0"],
+    "minatar": ["minatar_ppo", "ppo_bpo_zero1.0"],
 }
 
 # The flags --sweep may vary: numbers and switches that change no array shape, no loop count
@@ -1666,6 +1723,8 @@ OLD_RUN_VALUES = dict(
     mu_mix=1.0,
     mu_target="second-moment",
     q_hat_floor=1e-6,
+    torso="mlp",
+    torso_shared=True,
 )
 
 

@@ -205,9 +205,9 @@ def evaluate(a: Args) -> dict:
         watch.check_renderable(env_id)
     out = a.output_dir or a.run
     env = runner.make_env(args)
-    actor = module.make_train(args, env).actor
+    trainer = module.make_train(args, env)
     episodes = a.episodes or args.eval_episodes
-    policy = watch.policy(module, actor, args, a.policy, a.stochastic)
+    policy = watch.policy(module, trainer, args, a.policy, a.stochastic)
     keys, key_source = keys_of(loaded, a)
 
     def returns_of(p, rms, key):  # the returns, their mean and std computed as the run computes them

@@ -31,13 +31,14 @@ import numpy as np
 import optax
 
 import envs
+import torsos
 import training
 
 runner.configure_jax()  # jax's CPU compilation options (runner.py); no effect on other platforms
 
 
 # ----------------------------------------------------------------------------------------------
-# Networks: separate actor (pi) and critic (V) MLPs
+# Networks: separate actor (pi) and critic (V) MLPs, fed by a torso (torsos.py: --torso)
 # ----------------------------------------------------------------------------------------------
 def dense(features: int, kernel_init: str, scale: float) -> nn.Dense:
     init = nn.initializers.orthogonal(scale) if kernel_init == "orthogonal" else nn.initializers.lecun_normal()
@@ -190,7 +191,7 @@ class Transition(NamedTuple):  # a rollout, [T, E], as the estimator reads it
 
 
 class Batch(NamedTuple):  # what the PPO update reads
-    obs: jax.Array  # normalised
+    obs: jax.Array  # normalised (the loss applies the torso)
     action: jax.Array
     log_old: jax.Array  # log pi as of collection
     value: jax.Array  # V as of collection (for clip_vloss)
@@ -220,6 +221,7 @@ class Trainer(NamedTuple):
     num_iterations: int
     actor: nn.Module
     critic: nn.Module
+    torso: torsos.Torso  # what turns observations into the heads' input (features)
 
 
 def make_train(args: Args, env: envs.Env) -> Trainer:
@@ -228,8 +230,12 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
     num_minibatches = batch_size // args.minibatch_size
     num_iterations = args.total_timesteps // batch_size
     iters_per_interval = max(1, min(args.eval_every // batch_size, num_iterations))
-    actor = Actor(spec, args.hidden_sizes, args.actor_activation, args.kernel_init, args.log_std_init)
-    critic = Critic(args.critic_hidden_sizes or args.hidden_sizes, args.critic_activation, args.kernel_init)
+    # --torso: mlp (the observation flattened), or a CNN shared by pi and V or one in each (torsos.py)
+    torso = torsos.make(args.torso, args.torso_shared, env.obs_shape, args.kernel_init)
+    actor = torso.network(Actor(spec, args.hidden_sizes, args.actor_activation, args.kernel_init, args.log_std_init))
+    critic = torso.network(
+        Critic(args.critic_hidden_sizes or args.hidden_sizes, args.critic_activation, args.kernel_init)
+    )
     # Adam with global-norm clipping; with anneal_lr the rate decays linearly to 0 per optimizer
     # step over minibatches x epochs x iterations (as the reference's linear_schedule).
     decayed_lr = optax.linear_schedule(args.learning_rate, 0.0, num_iterations * args.num_epochs * num_minibatches)
@@ -239,10 +245,15 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
     def normalize(state, obs):
         return envs.normalize_obs(state.obs_rms, obs) if args.normalize_obs else obs
 
+    def inputs(state, obs):
+        """What pi's and V's networks read at raw observations: normalised, then the torso's features."""
+        return torso.features(state.params, normalize(state, obs))
+
     def init(key):
         k_pi, k_v, k_env, k_train = jax.random.split(key, 4)
-        dummy = jnp.zeros(env.obs_shape)
-        params = {"pi": actor.init(k_pi, dummy), "v": critic.init(k_v, dummy)}
+        shared = torso.init(jax.random.fold_in(key, 2), env.obs_shape)  # {"torso": ...} or {}
+        dummy = torso.features(shared, jnp.zeros(env.obs_shape))
+        params = {"pi": actor.init(k_pi, dummy), "v": critic.init(k_v, dummy), **shared}
         obs, env_state = jax.vmap(env.reset)(jax.random.split(k_env, args.num_envs))
         return TrainState(
             params,
@@ -259,7 +270,7 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
     def iteration(state):
         lr_now = learning_rate(state.iteration * args.num_epochs * num_minibatches)
         state, traj, (done, ep_return, ep_length, discounted_return) = rollout(state)  # 1.
-        last_value = critic.apply(state.params["v"], normalize(state, state.obs))
+        last_value = critic.apply(state.params["v"], inputs(state, state.obs))
         adv, target = gae(traj.reward, traj.value, traj.done, last_value, args.gamma, args.gae_lambda)  # 2.
         batch = Batch(normalize(state, traj.obs), traj.action, traj.log_pi, traj.value, adv, target)
         state, stats = ppo_update(state, batch)  # 3.
@@ -279,7 +290,8 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
             length_sum=jnp.sum(done * ep_length),
         )
         if args.verbose >= 2:  # the rollout's steps, and how far the update moved pi on them: pi_new / pi_old
-            log_ratio = log_prob(spec, actor.apply(state.params["pi"], batch.obs), traj.action) - traj.log_pi
+            pi_new = actor.apply(state.params["pi"], torso.features(state.params, batch.obs))
+            log_ratio = log_prob(spec, pi_new, traj.action) - traj.log_pi
             stats.update(training.step_statistics(traj.reward, traj.value, target, adv))
             stats.update(
                 hist_advantage=training.histogram(adv), hist_update_ratio=training.histogram(log_ratio, log=True)
@@ -294,7 +306,7 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         def step(carry, t):
             env_state, obs, scaler, noise, key = carry
             key, k_act, k_env = jax.random.split(key, 3)
-            dist = actor.apply(state.params["pi"], normalize(state, obs))
+            dist = actor.apply(state.params["pi"], inputs(state, obs))
             if args.noise_hold_steps > 1:  # one noise draw per environment, held for noise_hold_steps steps (eq. 16)
                 noise = jnp.where(t % args.noise_hold_steps == 0, jax.random.normal(k_act, noise.shape), noise)
                 action = dist[0] + jnp.exp(dist[1]) * noise
@@ -321,12 +333,12 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         # (a batched pass, not one per step). A truncated episode did not end: its reward bootstraps
         # from V of the TRUE final observation (eq. 4).
         v = state.params["v"]
-        bootstrap = args.gamma * steps.truncated * critic.apply(v, normalize(state, steps.final_obs))
+        bootstrap = args.gamma * steps.truncated * critic.apply(v, inputs(state, steps.final_obs))
         traj = Transition(
             obs=steps.obs,
             action=steps.action,
             log_pi=steps.log_pi,
-            value=critic.apply(v, normalize(state, steps.obs)),
+            value=critic.apply(v, inputs(state, steps.obs)),
             reward=steps.reward + bootstrap,
             done=steps.done,
         )
@@ -339,11 +351,16 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         progress = state.iteration / num_iterations
         clip_coef = jnp.where(args.anneal_clip, args.clip_coef * (1.0 - progress), args.clip_coef)
         flat = jax.tree.map(lambda x: x.reshape((batch_size,) + x.shape[2:]), batch)
-        grad_fn = jax.grad(ppo_loss, has_aux=True)
+
+        def loss(params, mb):  # the torso inside the differentiated loss: a shared one learns from pi's and V's
+            mb = mb._replace(obs=torso.features(params, mb.obs))
+            return ppo_loss(params, actor.apply, critic.apply, spec, mb, clip_coef, args)
+
+        grad_fn = jax.grad(loss, has_aux=True)
 
         def minibatch_step(carry, mb):
             params, opt_state = carry
-            grads, stats = grad_fn(params, actor.apply, critic.apply, spec, mb, clip_coef, args)
+            grads, stats = grad_fn(params, mb)
             updates, opt_state = tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), stats
 
@@ -371,13 +388,13 @@ def make_train(args: Args, env: envs.Env) -> Trainer:
         )
         metrics = training.interval_metrics(stats, num_active)
         key, k_eval = jax.random.split(state.key)
-        act = lambda obs: mode(spec, actor.apply(state.params["pi"], normalize(state, obs)))  # noqa: E731
+        act = lambda obs: mode(spec, actor.apply(state.params["pi"], inputs(state, obs)))  # noqa: E731
         returns = training.evaluate(env, act, args.eval_episodes, k_eval)
         # eval_key: the evaluation's key, which params.msgpack keeps so that evaluate.py repeats it
         metrics.update(eval_return=returns.mean(), eval_return_std=returns.std(), eval_key=k_eval)
         return state._replace(key=key), metrics
 
-    return Trainer(init, iteration, rollout, train_interval, iters_per_interval, num_iterations, actor, critic)
+    return Trainer(init, iteration, rollout, train_interval, iters_per_interval, num_iterations, actor, critic, torso)
 
 
 METRIC_COLUMNS = (
@@ -449,7 +466,15 @@ class Args(runner.RunArgs):
     critic_activation: Literal["tanh", "relu", "swish"] = "tanh"
     """activation of the critic's hidden layers"""
     kernel_init: Literal["orthogonal", "lecun_normal"] = "lecun_normal"
-    """weight init: orthogonal (gain sqrt 2; 0.01 actor head, 1 critic head) or lecun_normal"""
+    """weight init: orthogonal (gain sqrt 2; 0.01 actor head, 1 critic head) or lecun_normal; a CNN torso's too"""
+    torso: Literal["mlp", "minatar-cnn", "nature-cnn", "auto"] = "mlp"
+    """what turns an observation into the MLP heads' input (torsos.py): mlp, the observation flattened;
+    minatar-cnn, MinAtar's convolution (16 filters 3x3, stride 1); nature-cnn, the BPO reference's
+    featurizer (Nature-DQN's 3 convolutions, images of at least 36x36); auto, the convolutional one for
+    image observations (MinAtar: minatar-cnn), mlp for vectors"""
+    torso_shared: bool = True
+    """with a CNN torso: one CNN feeds pi and V, trained by the PPO loss of both (the BPO reference's
+    featurizer); --no-torso-shared: each network has its own"""
     noise_hold_steps: int = 0
     """hold each Gaussian exploration noise draw for this many rollout steps, per environment (the
     reference's use_sde with sde_sample_freq); 0 or 1 draws new noise every step"""
@@ -523,12 +548,21 @@ PRESETS: dict[str, dict[str, Any]] = {
         use_sde=False, log_std_init=-0.365, reward_scale=10.0, normalize_obs=True,
         normalize_reward=False, clip_actions=True, max_episode_steps=0, eval_every=5 * 983_040,
     ),
+    # PureJaxRL's PPO settings for gymnax's MinAtar games (examples/brax_minatar.ipynb), with its
+    # clipped value loss; give --env-id (and --torso minatar-cnn to learn from the grids with a CNN)
+    "minatar_ppo": dict(
+        total_timesteps=10_000_000, num_envs=64, num_steps=128, num_epochs=4, minibatch_size=1024,
+        learning_rate=5e-3, anneal_lr=True, adam_eps=1e-5, max_grad_norm=0.5, gamma=0.99, gae_lambda=0.95,
+        clip_coef=0.2, anneal_clip=False, clip_vloss=True, norm_adv=True, ent_coef=0.01, vf_coef=0.25,
+        hidden_sizes=(64, 64), critic_hidden_sizes=(), actor_activation="relu", critic_activation="relu",
+        kernel_init="orthogonal", normalize_obs=False, eval_every=10 * 8192,
+    ),
 }
 # fmt: on
 PRESETS.update(envs.tabular.PRESETS)  # one per tabular id (envs/tabular); a tabular id gets its own
 
-# What a Brax or a Playground env id gets without --preset
-SUITE_PRESETS = {"brax": ["mujoco_ppo"], "playground": ["playground_dm_control"]}
+# What a Brax, a Playground or a MinAtar env id gets without --preset
+SUITE_PRESETS = {"brax": ["mujoco_ppo"], "playground": ["playground_dm_control"], "minatar": ["minatar_ppo"]}
 
 # The flags --sweep may vary: numbers and switches that change no array shape, no loop count
 # and no program structure; the compiled program reads them as (vmapped) inputs.
@@ -550,8 +584,13 @@ SWEEPABLE = (
 )
 
 
+# Flags added after runs of this script were made, and the value such a run behaved as: its
+# config.json lacks them, and --resume fills them in (runner.resumed_args).
+OLD_RUN_VALUES = dict(torso="mlp", torso_shared=True)
+
+
 def parse_args(argv: list[str] | None = None) -> Args:
-    return runner.parse_args(Args, PRESETS, SUITE_PRESETS, argv, __doc__)
+    return runner.parse_args(Args, PRESETS, SUITE_PRESETS, argv, __doc__, OLD_RUN_VALUES)
 
 
 def validate(args: Args) -> None:

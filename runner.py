@@ -85,6 +85,7 @@ import numpy as np  # noqa: E402
 import tyro  # noqa: E402
 
 import envs  # noqa: E402
+import torsos  # noqa: E402
 import training  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
@@ -261,11 +262,11 @@ def parse_args(
     old_run_values: dict | None = None,
 ):
     """Presets first (their values become the defaults `--help` shows), then every other flag.
-    A Brax or Playground env id given without --preset gets `suite_presets["brax"]` or
-    `suite_presets["playground"]` (CartPole settings would not do). With --resume DIR, the run's
-    saved configuration is the default instead, and no flag may change it but a larger
-    --total-timesteps (and --checkpoint-every, --tensorboard); `old_run_values` fills in the flags
-    added since (see resumed_args)."""
+    A Brax, Playground or MinAtar env id given without --preset gets `suite_presets["brax"]`,
+    `suite_presets["playground"]` or `suite_presets["minatar"]` (CartPole settings would not do).
+    With --resume DIR, the run's saved configuration is the default instead, and no flag may change
+    it but a larger --total-timesteps (and --checkpoint-every, --tensorboard); `old_run_values`
+    fills in the flags added since (see resumed_args)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", nargs="*", default=None)
@@ -279,12 +280,11 @@ def parse_args(
         names = [known.env_id]
         print(f"{known.env_id}: using --preset {known.env_id} (pass --preset to choose)")
     if names is None:
-        suite = "brax" if envs.is_brax(known.env_id) else "playground" if envs.is_playground(known.env_id) else None
-        names = list(suite_presets.get(suite, []))
+        suites = {"Brax": envs.is_brax, "Playground": envs.is_playground, "MinAtar": envs.is_minatar}
+        suite = next((name for name, is_suite in suites.items() if is_suite(known.env_id)), None)
+        names = list(suite_presets.get(suite and suite.lower(), []))
         if names:
-            print(
-                f"{known.env_id} is a {suite.title()} task: using --preset {' '.join(names)} (pass --preset to choose)"
-            )
+            print(f"{known.env_id} is a {suite} task: using --preset {' '.join(names)} (pass --preset to choose)")
     default = apply_presets(args_type(), presets, names)
     return tyro.cli(args_type, args=argv, default=default, description=with_presets(description, presets))
 
@@ -490,6 +490,10 @@ def make_env(args) -> envs.Env:
         raise ConfigError(
             f"--noise-hold-steps {args.noise_hold_steps} needs continuous actions; {env_id} has discrete ones"
         )
+    try:  # a CNN torso on vectors, or Nature-DQN's on images too small for it
+        torsos.check(getattr(args, "torso", "mlp"), env_id, env.obs_shape)
+    except ValueError as e:
+        raise ConfigError(str(e))
     return env
 
 
@@ -1405,6 +1409,9 @@ def plan_run(args, algo, validate_args, make_train, metric_columns, sweepable) -
     validate_args(args)
     sweep = parse_sweep(args, sweepable, validate_args)
     env = make_env(args)
+    note = torsos.check(getattr(args, "torso", "mlp"), env.id, env.obs_shape)  # what --torso auto chose
+    if note:
+        print(note)
     seeds = list(range(args.seed, args.seed + args.num_seeds))
     runs = [(k, s) for k in range(len(sweep.members)) for s in seeds]
     hp = sweep_inputs(sweep, len(seeds))
@@ -1731,7 +1738,7 @@ def video_capture(plan: Plan, out: str, tb) -> Callable:
 
     args, (member, seed) = plan.args, plan.runs[0]
     env, render = make_env(args), watch.renderer(args.env_id, args.env_backend)
-    policy = watch.policy(sys.modules[type(args).__module__], plan.trainer.actor, args)
+    policy = watch.policy(sys.modules[type(args).__module__], plan.trainer, args)
     record = jax.jit(lambda p, rms, key: watch.record(env, policy(p, rms), 1, key, render.extract))
 
     def capture(state, key, steps: int) -> None:

@@ -46,16 +46,18 @@ class NotRenderable(ValueError):
 # ----------------------------------------------------------------------------------------------
 # The policy of a run
 # ----------------------------------------------------------------------------------------------
-def policy(module, actor, args, which: str = "pi", stochastic: bool = False) -> Callable:
+def policy(module, trainer, args, which: str = "pi", stochastic: bool = False) -> Callable:
     """(params, obs_rms) -> act, the policy `which` ("pi" or "mu") of a run of `module` (ppo, bpo
-    or bpo_traj): act(obs) is the mode of its distribution, as the run's evaluations act; with
-    `stochastic`, act(obs, key) samples it. Observations are normalised with the run's statistics
-    where it normalised them (frozen, as in evaluation)."""
+    or bpo_traj), whose `make_train` gave `trainer`: act(obs) is the mode of its distribution, as the
+    run's evaluations act; with `stochastic`, act(obs, key) samples it. Observations are normalised
+    with the run's statistics where it normalised them (frozen, as in evaluation), then go through
+    the run's torso (torsos.py) to the actor."""
+    actor, torso = trainer.actor, trainer.torso
 
     def make(params, obs_rms):
         def dist(obs):
             obs = envs.normalize_obs(envs.RunningMeanStd(**obs_rms), obs) if args.normalize_obs else obs
-            return actor.apply(params[which], obs)
+            return actor.apply(params[which], torso.features(params, obs))
 
         if stochastic:
             return lambda obs, key: module.sample(actor.action_spec, dist(obs), key)

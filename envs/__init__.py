@@ -1,6 +1,7 @@
 """Environments behind one functional interface (see envs/core.py).
 
     env = envs.make("CartPole-v1")          # gymnax
+    env = envs.make("Breakout-MinAtar")     # gymnax's MinAtar: image observations, 10 x 10 x 4
     env = envs.make("ant")                  # Brax on MJX, 1000-step episodes
     env = envs.make("CheetahRun")           # MuJoCo Playground's DM Control Suite on MJX (optional)
     env = envs.make("tabular-deepsea-8")    # a finite MDP whose variances are known exactly (envs/tabular)
@@ -23,7 +24,7 @@ from envs.core import (
     with_clipped_actions,
     with_time_limit,
 )
-from envs.gymnax_envs import GYMNAX_IDS
+from envs.gymnax_envs import GYMNAX_IDS, MINATAR_IDS
 from envs.normalize import (
     RewardScaler,
     RunningMeanStd,
@@ -67,6 +68,11 @@ def is_brax(env_id: str) -> bool:
 def is_playground(env_id: str) -> bool:
     """A MuJoCo Playground (DM Control Suite) id; making one needs the optional `playground`."""
     return canonical_id(env_id) in PLAYGROUND_IDS
+
+
+def is_minatar(env_id: str) -> bool:
+    """One of gymnax's MinAtar games (10 x 10 x C image observations of 0s and 1s)."""
+    return canonical_id(env_id) in MINATAR_IDS
 
 
 def is_tabular(env_id: str) -> bool:
@@ -125,6 +131,7 @@ __all__ = [
     "BRAX_IDS",
     "ENV_IDS",
     "GYMNAX_IDS",
+    "MINATAR_IDS",
     "PLAYGROUND_BACKENDS",
     "PLAYGROUND_IDS",
     "RESET_MODES",
@@ -139,6 +146,7 @@ __all__ = [
     "canonical_id",
     "default_reset_mode",
     "is_brax",
+    "is_minatar",
     "is_playground",
     "is_tabular",
     "make",

@@ -34,12 +34,16 @@ class ActionSpec(NamedTuple):
 
 class RawEnv(NamedTuple):
     """What a backend supplies. reset(key) -> (obs, state);
-    step(key, state, action) -> (obs, state, reward, terminated). No time limit, no reset."""
+    step(key, state, action) -> (obs, state, reward, terminated). No time limit, no reset.
+    Observations are float32 of obs_shape: a vector, or an image [height, width, channels] with
+    values in [0, 1] (MinAtar's grids). obs_dtype: a narrower dtype that holds every observation
+    exactly (uint8 for MinAtar's 0/1 grids), in which a replay buffer may store them; None if none."""
 
     reset: Callable
     step: Callable
     obs_shape: tuple[int, ...]
     action_spec: ActionSpec
+    obs_dtype: Any = None
 
 
 class Timestep(NamedTuple):
@@ -60,6 +64,7 @@ class Env(NamedTuple):
     obs_shape: tuple[int, ...]
     action_spec: ActionSpec
     max_episode_steps: int
+    obs_dtype: Any = None  # the raw environment's (RawEnv)
 
 
 class WrapperState(NamedTuple):
@@ -156,7 +161,7 @@ def with_time_limit(
             episode_length=t,
         )
 
-    return Env(env_id, reset, step, raw.obs_shape, raw.action_spec, int(max_episode_steps))
+    return Env(env_id, reset, step, raw.obs_shape, raw.action_spec, int(max_episode_steps), raw.obs_dtype)
 
 
 def _reset_select(raw_reset: Callable) -> Callable:

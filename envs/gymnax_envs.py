@@ -1,5 +1,7 @@
-"""gymnax environments as raw environments (see core.py). Observations are flattened to vectors
-(MinAtar and bsuite grids included) so every script can use an MLP."""
+"""gymnax environments as raw environments (see core.py). Image observations [height, width,
+channels] (MinAtar's 10 x 10 x C grids, Pong-misc's) keep their shape, for a convolutional torso
+(torsos.py; `--torso mlp` flattens them to exactly the vector this module gave before); every other
+observation (bsuite's grids included) is flattened to a vector."""
 
 from __future__ import annotations
 
@@ -38,6 +40,12 @@ GYMNAX_IDS = (
 )
 
 
+MINATAR_IDS = tuple(env_id for env_id in GYMNAX_IDS if env_id.endswith("-MinAtar"))
+# Images of 0s and 1s (gymnax draws every channel of MinAtar's grids and of Pong-misc's screen as
+# booleans or ones): uint8 holds them exactly, in a quarter of float32's memory.
+BINARY_IMAGE_IDS = (*MINATAR_IDS, "Pong-misc")
+
+
 def make_gymnax(env_id: str) -> tuple[RawEnv, int]:
     """The raw environment and gymnax's own episode limit."""
     import gymnax
@@ -45,7 +53,8 @@ def make_gymnax(env_id: str) -> tuple[RawEnv, int]:
 
     env, params = gymnax.make(env_id)
     limit = int(params.max_steps_in_episode)
-    obs_shape = (int(np.prod(env.observation_space(params).shape)),)
+    shape = tuple(int(n) for n in env.observation_space(params).shape)
+    obs_shape = shape if len(shape) == 3 else (int(np.prod(shape)),)  # an image keeps its shape
     space = env.action_space(params)
     if isinstance(space, spaces.Discrete):
         spec = ActionSpec(discrete=True, n=int(space.n))
@@ -58,7 +67,7 @@ def make_gymnax(env_id: str) -> tuple[RawEnv, int]:
             high=np.broadcast_to(np.asarray(space.high, np.float32), shape).copy(),
         )
 
-    flat = lambda obs: jnp.asarray(obs, jnp.float32).reshape(-1)
+    flat = lambda obs: jnp.asarray(obs, jnp.float32).reshape(obs_shape)
 
     def reset(key):
         obs, state = env.reset_env(key, params)
@@ -69,4 +78,4 @@ def make_gymnax(env_id: str) -> tuple[RawEnv, int]:
         obs, state, reward, terminated, _ = env.step_env(key, state, action, params)
         return flat(obs), state, reward, terminated
 
-    return RawEnv(reset, step, obs_shape, spec), limit
+    return RawEnv(reset, step, obs_shape, spec, jnp.uint8 if env_id in BINARY_IMAGE_IDS else None), limit
