@@ -16,6 +16,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(num_envs=4, num_steps=32, minibatch_size=64, num_epochs=2, eval_episodes=2)
 # ... and bpo.py's and bpo_traj.py's: a replay buffer of two rollouts, one epoch of each phase.
 BPO_TINY = dict(replay_size=256, fqe_epochs=1, mu_epochs=1)
+# A sweep of 2 members x 2 seeds, 4 intervals of 4 iterations, a checkpoint after each, no annealing
+# (a shorter run is the first part of the longer one): test_sweep.py resumes it, test_divergence.py
+# makes it diverge. The same program in both.
+SWEEP_RUN = dict(
+    total_timesteps=2048,
+    eval_every=512,
+    num_seeds=2,
+    sweep=("ent_coef=0.0,0.01",),
+    anneal_lr=False,
+    anneal_clip=False,
+    checkpoint_every=1,
+)
 
 
 def tiny(module, **flags):
