@@ -44,4 +44,9 @@ def make_brax(env_id: str, backend: str = "mjx") -> RawEnv:
         state = env.step(state, action)
         return state.obs, state, state.reward, state.done > 0.5
 
-    return RawEnv(reset, step, (int(env.observation_size),), spec)
+    # The shape of reset's observation, as Brax's observation_size, but traced only: that property
+    # runs a reset op by op, some 500 small compilations (20 s on a 2-core CPU) per process.
+    import jax
+
+    obs_shape = tuple(jax.eval_shape(reset, jax.random.PRNGKey(0))[0].shape)
+    return RawEnv(reset, step, obs_shape, spec)

@@ -1,20 +1,15 @@
-"""Bad input: a clear one-line error, a non-zero exit, no traceback, before anything compiles."""
+"""Bad input: a clear one-line error, a non-zero exit, no traceback, before anything compiles.
+
+The cases run through each script's entry point (runner.main) in this process; one case per script
+runs it as a program, so its own output and exit code are checked too."""
 
 import dataclasses
 import os
-import subprocess
-import sys
 
 import pytest
+from helpers import main_in_process, run_script
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ["ppo.py", "bpo.py", "bpo_traj.py"]
-
-
-def run_script(script, *flags, cwd=ROOT):
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, script), *flags], cwd=cwd, capture_output=True, text=True, timeout=120
-    )
 
 
 CASES = [
@@ -51,30 +46,42 @@ BPO_CASES = [
     "script,flags,expected",
     [(s, f, e) for s in SCRIPTS for f, e in CASES] + [(s, f, e) for s in SCRIPTS[1:] for f, e in BPO_CASES],
 )
-def test_bad_input_is_one_clear_line(script, flags, expected, tmp_path):
+def test_bad_input_is_one_clear_line(script, flags, expected, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
-    r = run_script(script, *flags, "--output-dir", str(out))
-    assert r.returncode != 0
-    lines = [line for line in r.stderr.splitlines() if "import warp" not in line]  # Brax's optional-import notes
-    assert len(lines) == 1, r.stderr
-    assert "Traceback" not in r.stderr and lines[0].startswith(f"{script}: error: ")
+    code, _, err = main_in_process(script, [*flags, "--output-dir", str(out)], capsys, monkeypatch)
+    assert code != 0
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err and lines[0].startswith(f"{script}: error: ")
     for text in expected:
         assert text in lines[0]
     assert not out.exists()  # failed before writing (or compiling) anything
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_existing_output_dir_is_not_overwritten(script, tmp_path):
+def test_a_script_run_as_a_program_says_it_in_one_line(script, tmp_path):
+    """The same, `python <script>` in a process of its own: its whole stderr is the line, exit code 1."""
+    out = tmp_path / "out"
+    r = run_script(script, "--env-id", "NoSuchEnv-v0", "--output-dir", str(out), timeout=120)
+    assert r.returncode == 1
+    lines = [line for line in r.stderr.splitlines() if "import warp" not in line]  # Brax's optional-import notes
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"{script}: error: unknown env id 'NoSuchEnv-v0'") and "CartPole-v1" in lines[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_existing_output_dir_is_not_overwritten(script, tmp_path, capsys, monkeypatch):
     (tmp_path / "keep.txt").write_text("results")
-    r = run_script(script, "--output-dir", str(tmp_path))
-    assert r.returncode != 0 and "exists and is not empty" in r.stderr and "--overwrite" in r.stderr
+    code, _, err = main_in_process(script, ["--output-dir", str(tmp_path)], capsys, monkeypatch)
+    assert code != 0 and "exists and is not empty" in err and "--overwrite" in err
     assert os.listdir(tmp_path) == ["keep.txt"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_help_documents_every_flag(script):
-    r = run_script(script, "--help")
-    assert r.returncode == 0
+def test_help_documents_every_flag(script, capsys, monkeypatch):
+    code, stdout, _ = main_in_process(script, ["--help"], capsys, monkeypatch)
+    assert code == 0
     for flag in (
         "--env-id",
         "--num-seeds",
@@ -85,9 +92,9 @@ def test_help_documents_every_flag(script):
         "--output-dir",
         "--preset",
     ):
-        assert flag in r.stdout
+        assert flag in stdout
     module = __import__(script.removesuffix(".py"))
-    listed = r.stdout.split("presets (--preset NAME ...; docs/presets.md): ")[1].split("\n")[0]
+    listed = stdout.split("presets (--preset NAME ...; docs/presets.md): ")[1].split("\n")[0]
     assert listed.split(", ") == list(module.PRESETS)  # every preset's name, before the flags
 
 
@@ -154,10 +161,10 @@ def test_a_budget_rounded_to_whole_rollouts_is_said(capsys):
 
 
 @pytest.mark.parametrize("script", SCRIPTS[:1])
-def test_output_dir_that_is_a_file_is_one_clear_line(script, tmp_path):
+def test_output_dir_that_is_a_file_is_one_clear_line(script, tmp_path, capsys, monkeypatch):
     (tmp_path / "file").write_text("results")
-    r = run_script(script, "--output-dir", str(tmp_path / "file"))
-    assert r.returncode != 0 and "Traceback" not in r.stderr and "is a file, not a folder" in r.stderr
+    code, _, err = main_in_process(script, ["--output-dir", str(tmp_path / "file")], capsys, monkeypatch)
+    assert code != 0 and "Traceback" not in err and "is a file, not a folder" in err
     assert (tmp_path / "file").read_text() == "results"
 
 

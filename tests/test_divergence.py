@@ -1,7 +1,6 @@
 """The divergence guard: a seed whose parameters go non-finite is frozen at its last finite state
 and flagged; the other seeds train on with exactly the numbers of a clean run. And TensorBoard."""
 
-import csv
 import glob
 import json
 import os
@@ -13,34 +12,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import SWEEP_RUN, read_rows, tiny
 
 import compare
 import ppo
 
-TINY = dict(
-    num_seeds=3,
-    total_timesteps=1536,
-    num_envs=4,
-    num_steps=32,
-    minibatch_size=64,
-    num_epochs=2,
-    eval_every=256,
-    eval_episodes=2,
-)
+RUN = dict(num_seeds=3, total_timesteps=1536, eval_every=256)  # 6 intervals of 2 iterations
 
-# tests/test_sweep.py's run (the same compiled program)
-SWEEP_TINY = dict(
-    total_timesteps=1024,
-    num_envs=4,
-    num_steps=32,
-    minibatch_size=64,
-    num_epochs=2,
-    eval_every=512,
-    eval_episodes=2,
-    checkpoint_every=1,
-    anneal_lr=False,
-    anneal_clip=False,
-)
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    """The clean run (3 seeds, the state not donated, TensorBoard on): (folder, summary)."""
+    out = tmp_path_factory.mktemp("clean")
+    before = os.environ.get("BPO_DONATE")
+    os.environ["BPO_DONATE"] = "0"
+    try:
+        summary = ppo.run(tiny(ppo, **RUN, tensorboard=True, output_dir=str(out)))
+    finally:
+        if before is None:
+            del os.environ["BPO_DONATE"]
+        else:
+            os.environ["BPO_DONATE"] = before
+    return out, summary
 
 
 def poisoned(seed_index: int, after_iterations: int):
@@ -66,22 +59,16 @@ def poisoned_where(bad: Callable):
     return make_train
 
 
-def read_rows(folder):
-    with open(folder / "metrics.csv") as f:
-        return list(csv.DictReader(f))
-
-
 @pytest.mark.parametrize("donate", ["0", "1"])
-def test_a_diverged_seed_is_frozen_and_the_others_train_on(tmp_path, capsys, monkeypatch, donate):
+def test_a_diverged_seed_is_frozen_and_the_others_train_on(clean, tmp_path, capsys, monkeypatch, donate):
     """Also with the state donated to the compiled interval (BPO_DONATE=1, a GPU's default): the
     frozen seed keeps its last finite state inside the program, and every number is the clean,
     undonated run's."""
     import runner
 
-    monkeypatch.setenv("BPO_DONATE", "0")
-    clean = ppo.run(ppo.Args(**TINY, output_dir=str(tmp_path / "clean")))
+    clean_dir, clean = clean
     monkeypatch.setenv("BPO_DONATE", donate)
-    args = ppo.Args(**TINY, output_dir=str(tmp_path / "bad"))
+    args = tiny(ppo, **RUN, output_dir=str(tmp_path / "bad"))
     summary = runner.run(args, "ppo", ppo.validate, poisoned(1, 4), ppo.METRIC_COLUMNS)  # NaN from interval 3 on
     assert summary["peak_host_memory_mb"] > 0
     assert summary["peak_device_memory_mb"] is None or summary["peak_device_memory_mb"] > 0  # None on a CPU
@@ -92,7 +79,7 @@ def test_a_diverged_seed_is_frozen_and_the_others_train_on(tmp_path, capsys, mon
     assert summary["final_eval_return"][2] == clean["final_eval_return"][2]
     assert summary["final_eval_return_mean"] == np.mean([clean["final_eval_return"][i] for i in (0, 2)])
 
-    bad, good = read_rows(tmp_path / "bad"), read_rows(tmp_path / "clean")
+    bad, good = read_rows(tmp_path / "bad"), read_rows(clean_dir)
     assert len(bad) == len(good) == 3 * 6
     for b, g in zip(bad, good):
         if b["seed"] == "1" and int(b["env_steps"]) >= 768:
@@ -101,7 +88,7 @@ def test_a_diverged_seed_is_frozen_and_the_others_train_on(tmp_path, capsys, mon
             assert b == g  # the healthy seeds (and seed 1 before) have the clean run's numbers exactly
     # the saved parameters of seed 1 are its last finite ones (as of 512 steps), the others' final
     saved = flax.serialization.msgpack_restore(open(tmp_path / "bad" / "params.msgpack", "rb").read())
-    clean_saved = flax.serialization.msgpack_restore(open(tmp_path / "clean" / "params.msgpack", "rb").read())
+    clean_saved = flax.serialization.msgpack_restore(open(clean_dir / "params.msgpack", "rb").read())
     for x, y in zip(jax.tree.leaves(saved["params"]), jax.tree.leaves(clean_saved["params"])):
         assert np.all(np.isfinite(x))
         np.testing.assert_array_equal(x[[0, 2]], y[[0, 2]])
@@ -129,13 +116,13 @@ def read_events(path):
     return scalars, texts
 
 
-def test_tensorboard_holds_every_metric_of_every_seed_and_the_mean(tmp_path):
-    summary = ppo.run(ppo.Args(**{**TINY, "num_seeds": 2}, output_dir=str(tmp_path), tensorboard=True))
-    [events] = glob.glob(str(tmp_path / "tb" / "events.out.tfevents.*"))
+def test_tensorboard_holds_every_metric_of_every_seed_and_the_mean(clean):
+    out, summary = clean
+    [events] = glob.glob(str(out / "tb" / "events.out.tfevents.*"))
     scalars, texts = read_events(events)
-    rows = read_rows(tmp_path)
+    rows = read_rows(out)
     for k in ppo.METRIC_COLUMNS[2:]:
-        for seed in (0, 1):
+        for seed in (0, 1, 2):
             logged = scalars[f"{k}/seed_{seed}"]
             expected = [(int(r["env_steps"]), float(r[k])) for r in rows if r["seed"] == str(seed)]
             assert [s for s, _ in logged] == [s for s, _ in expected]
@@ -143,7 +130,7 @@ def test_tensorboard_holds_every_metric_of_every_seed_and_the_mean(tmp_path):
     means = dict(scalars["eval_return/mean"])
     assert means[1536] == np.float32(summary["final_eval_return_mean"])
     assert any("config" in t for t in texts)
-    assert json.load(open(tmp_path / "config.json"))["args"]["tensorboard"] is True
+    assert json.load(open(out / "config.json"))["args"]["tensorboard"] is True
 
 
 def test_a_run_stops_when_every_seed_has_diverged(tmp_path, capsys, monkeypatch):
@@ -152,7 +139,7 @@ def test_a_run_stops_when_every_seed_has_diverged(tmp_path, capsys, monkeypatch)
     the resume command, and exits 130. Resumed, member 0 diverges in the 3rd interval, and there the
     run stops, with every output written and exit code 3 (it used to train nothing to the end of
     the budget and exit 0). The divergence is flagged on the host, as the compiled guard flags it,
-    so the program is tests/test_sweep.py's (compiled once)."""
+    so the program is tests/test_sweep.py's (helpers.SWEEP_RUN)."""
     import signal
 
     import runner
@@ -186,9 +173,7 @@ def test_a_run_stops_when_every_seed_has_diverged(tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(runner, "compile_program", diverging)
     monkeypatch.setattr(runner, "_AS_SCRIPT", False)  # main() sets it
     bad_rows[:] = [2, 3]
-    args = ppo.Args(
-        **{**SWEEP_TINY, "total_timesteps": 2048}, num_seeds=2, sweep=("ent_coef=0.0,0.01",), output_dir=str(tmp_path)
-    )
+    args = tiny(ppo, **SWEEP_RUN, output_dir=str(tmp_path))
     code, printed = main(args, stop_at_1024)
     assert code == runner.EXIT_INTERRUPTED
     assert "member 1 (ent_coef=0.01): no final eval return: every seed diverged (0 of 2 seeds)" in printed

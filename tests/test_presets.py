@@ -234,30 +234,30 @@ def test_critic_sizes_swish_and_reward_scale_do_what_they_say(module):
     """critic_hidden_sizes shapes V only (pi keeps hidden_sizes, Q heads q_hidden_sizes); swish is
     x * sigmoid(x); reward_scale multiplies the rollout's rewards exactly and nothing else (the
     actions, hence the trajectory, and evaluation returns are unchanged); max_grad_norm inf does
-    not clip."""
+    not clip. reward_scale is one of the swept keys: the rollout and an interval are compiled once,
+    with it an input (runner.with_values, as --sweep runs it), and run with 2.5 and with 1."""
+    import runner
 
-    def trainer_for(**kw):
-        args = module.Args(
-            env_id="CartPole-v1",
-            num_envs=2,
-            num_steps=8,
-            minibatch_size=16,
-            total_timesteps=16,
-            eval_every=16,
-            eval_episodes=2,
-            hidden_sizes=(8,),
-            critic_hidden_sizes=(16, 12),
-            actor_activation="swish",
-            critic_activation="swish",
-            learning_rate=0.0,
-            anneal_lr=False,
-            **({} if module is ppo else dict(replay_size=32, fqe_minibatch_size=16, mu_minibatch_size=16)),
-            **kw,
-        )
-        trainer = module.make_train(args, envs.make("CartPole-v1"))
-        return trainer, trainer.init(jax.random.PRNGKey(3))
-
-    trainer, state = trainer_for(reward_scale=2.5)
+    args = module.Args(
+        env_id="CartPole-v1",
+        num_envs=2,
+        num_steps=8,
+        minibatch_size=16,
+        total_timesteps=16,
+        eval_every=16,
+        eval_episodes=2,
+        hidden_sizes=(8,),
+        critic_hidden_sizes=(16, 12),
+        actor_activation="swish",
+        critic_activation="swish",
+        learning_rate=0.0,
+        anneal_lr=False,
+        **({} if module is ppo else dict(replay_size=32, fqe_minibatch_size=16, mu_minibatch_size=16)),
+    )
+    assert "reward_scale" in module.SWEEPABLE
+    trainer_of = runner.with_values(module.make_train, args, envs.make("CartPole-v1"))
+    trainer = trainer_of({})
+    state = trainer.init(jax.random.PRNGKey(3))
 
     def shapes(params):
         layers = params["params"]["MLP_0"]
@@ -273,9 +273,13 @@ def test_critic_sizes_swish_and_reward_scale_do_what_they_say(module):
     logits = (h / (1 + jnp.exp(-h))) @ w["Dense_1"]["kernel"] + w["Dense_1"]["bias"]
     np.testing.assert_allclose(trainer.actor.apply(state.params["pi"], obs), logits, rtol=1e-5, atol=1e-6)
 
-    ref_trainer, ref_state = trainer_for()
-    _, traj, (done, ep_return, _, _) = jax.jit(trainer.rollout)(state)
-    _, ref, (_, ref_return, _, _) = jax.jit(ref_trainer.rollout)(ref_state)
+    @jax.jit
+    def rollout_and_interval(state, hp):
+        t = trainer_of(hp)
+        return t.rollout(state), t.train_interval(state, 1)[1]
+
+    (_, traj, (_, ep_return, _, _)), metrics = rollout_and_interval(state, {"reward_scale": jnp.float32(2.5)})
+    (_, ref, (_, ref_return, _, _)), ref_metrics = rollout_and_interval(state, {"reward_scale": jnp.float32(1.0)})
     np.testing.assert_array_equal(traj.action, ref.action)
     assert np.all(np.asarray(ref.reward) == 1.0)  # CartPole, no time limit within 8 steps
     np.testing.assert_array_equal(traj.reward, 2.5 * np.asarray(ref.reward))
@@ -283,8 +287,6 @@ def test_critic_sizes_swish_and_reward_scale_do_what_they_say(module):
         np.testing.assert_array_equal(traj.env_reward, 2.5 * np.asarray(ref.env_reward))
     np.testing.assert_array_equal(ep_return, ref_return)  # episode statistics are the environment's
     # Evaluation (learning rate 0: the same policy either way) reports unscaled returns.
-    _, metrics = jax.jit(trainer.train_interval)(state, 1)
-    _, ref_metrics = jax.jit(ref_trainer.train_interval)(ref_state, 1)
     assert metrics["eval_return"] == ref_metrics["eval_return"] >= 8.0
 
     grads = {"a": jnp.array([3e4, -4e4])}
