@@ -61,16 +61,13 @@ def wait_for_rows(proc, out, n, timeout=240):
 
 
 @pytest.mark.parametrize("module,sig", [(ppo, signal.SIGINT), (bpo, signal.SIGTERM), (ppo, signal.SIGKILL)])
-def test_resumed_run_writes_exactly_the_uninterrupted_runs_metrics(module, sig, checkpointed, tmp_path):
+def test_resumed_run_writes_exactly_the_uninterrupted_runs_metrics(module, sig, tmp_path):
     """SIGINT / SIGTERM: a checkpoint of the last completed interval is saved on the way out.
     SIGKILL: nothing is saved on the way out; the run resumes from its last periodic checkpoint
-    and the rows written after it are computed again. ppo.py's uninterrupted run is `checkpointed`
-    (its checkpoints are taken elsewhere, which changes no number)."""
+    and the rows written after it are computed again."""
     flags = FLAGS + (BPO_FLAGS if module is bpo else []) + ["--checkpoint-every", "2"]
-    whole, cut = str(checkpointed), str(tmp_path / "cut")
-    if module is bpo:
-        whole = str(tmp_path / "whole")
-        module.run(module.parse_args(flags + ["--output-dir", whole]))
+    whole, cut = str(tmp_path / "whole"), str(tmp_path / "cut")
+    module.run(module.parse_args(flags + ["--output-dir", whole]))
 
     proc = start(module, flags, cut)
     wait_for_rows(proc, cut, 2 * 7)  # 7 of the 20 intervals written
@@ -125,8 +122,8 @@ def test_resume_refuses_changes_and_extends(checkpointed, tmp_path, capsys):
     assert "XLA_FLAGS '--another-flag' is now" in capsys.readouterr().err
     with open(config_path, "w") as f:
         f.write(saved)
-    never = str(tmp_path / "never")  # a finished run that kept no checkpoint
-    shutil.copytree(checkpointed, never, ignore=shutil.ignore_patterns("checkpoints"))
+    never = str(tmp_path / "never")
+    ppo.run(ppo.parse_args(FLAGS + ["--output-dir", never, "--checkpoint-every", "0", "--total-timesteps", "256"]))
     with pytest.raises(runner.ConfigError, match="no checkpoint"):
         ppo.run(ppo.parse_args(["--resume", never]))
     # a larger budget extends the run: the first 20 intervals stay, 10 more follow, and the annealed
