@@ -3,7 +3,8 @@
 Given output folders (each a multi-seed run, or a sweep: each member a run), draws eval return
 against env steps, with the interquartile mean (IQM) over seeds and a bootstrap confidence band,
 one panel per environment (PNG and SVG), and prints and writes a Markdown table: final return (IQM
-and interval), area under the curve, and steps to a threshold.
+and interval), area under the curve, steps to a threshold, and whether a run's seeds differ from
+the first run's on the same environment (a rank test of the seeds' own areas).
 
     python compare.py runs/ppo_hopper_* runs/bpo_hopper_* --output comparison
     python compare.py runs/bpo_sweep --output ablation      # a --sweep folder: one curve per member
@@ -57,6 +58,7 @@ class Run(NamedTuple):
     steps: np.ndarray  # [n_evals]
     returns: np.ndarray  # [n_seeds, n_evals] eval returns of the seeds that did not diverge
     warnings: tuple[str, ...]  # did not complete, diverged seeds
+    metric: str = "eval_return"
 
 
 def load_runs(folder: str, label: str | None, metric: str = "eval_return") -> list[Run]:
@@ -143,7 +145,7 @@ def _run(label: str, env_id: str, rows: list[tuple], metrics_path: str, incomple
         )
     if not len(returns):
         raise CompareError(f"{label}: every seed diverged")
-    return Run(label, env_id, np.asarray(steps), returns, tuple(warnings))
+    return Run(label, env_id, np.asarray(steps), returns, tuple(warnings), metric)
 
 
 def iqm(x, axis=-1):
@@ -198,6 +200,28 @@ def default_thresholds(runs: list[Run]) -> dict[str, float]:
     return {env_id: lo[env_id] + 0.9 * (best[env_id] - lo[env_id]) for env_id in best}
 
 
+def seed_areas(run: Run) -> np.ndarray:
+    """Each seed's own area under its curve per env step (its mean value over training), over the
+    evaluations where it has a value; nan for a seed with fewer than two."""
+    areas = []
+    for row in run.returns:
+        ok = ~np.isnan(row)
+        span = run.steps[ok][-1] - run.steps[ok][0] if ok.sum() > 1 else 0
+        areas.append(np.trapezoid(row[ok], run.steps[ok]) / span if span > 0 else np.nan)
+    return np.array(areas)
+
+
+def rank_test(run: Run, reference: Run) -> str:
+    """Two-sided Mann-Whitney U test of the seeds' areas (seed_areas) of run against reference's:
+    the p-value, which is small where one run's seeds tend to learn faster or higher than the
+    other's. Unpaired: seed i of one run has nothing to do with seed i of the other."""
+    a, b = seed_areas(run), seed_areas(reference)
+    a, b = a[~np.isnan(a)], b[~np.isnan(b)]
+    if len(a) < 2 or len(b) < 2:
+        return "n/a"
+    return f"{stats.mannwhitneyu(a, b, alternative='two-sided').pvalue:.2g}"
+
+
 def fmt(x: float) -> str:
     """A table cell: one decimal from 10 up (returns), four significant digits below (ratios such
     as 0.0157 would otherwise read 0.0)."""
@@ -210,10 +234,12 @@ def table(runs: list[Run], args: Args) -> str:
     name = "return" if args.metric == ("eval_return",) else "value"
     lines = [
         f"| run | env | seeds | final {name}, IQM [{args.confidence:.0%} CI] | AUC (mean IQM {name}) "
-        f"| threshold | steps to threshold (median; reached) |",
-        "|---|---|---|---|---|---|---|",
+        f"| threshold | steps to threshold (median; reached) | seeds' areas against the first run's: p |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    references = {}  # (env, metric) -> the first run of it: the one the others are tested against
     for run in runs:
+        reference = references.setdefault((run.env_id, run.metric), run)
         final = run.returns[:, -1]
         lo, hi = iqm_interval(final, args)
         curve = iqm(run.returns.T)
@@ -228,7 +254,8 @@ def table(runs: list[Run], args: Args) -> str:
         median = f"{np.nanmedian(first):,.0f}" if reached else "never"
         lines.append(
             f"| {run.label} | {run.env_id} | {seeds} | {fmt(iqm(final))} [{fmt(lo)}, {fmt(hi)}] "
-            f"| {fmt(auc)} | {fmt(threshold)} | {median}; {reached}/{len(final)} |"
+            f"| {fmt(auc)} | {fmt(threshold)} | {median}; {reached}/{len(final)} "
+            f"| {'(the first)' if reference is run else rank_test(run, reference)} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -1,6 +1,7 @@
 """compare.py on small synthetic output folders."""
 
 import csv
+import itertools
 import json
 import os
 import subprocess
@@ -173,3 +174,40 @@ def test_a_metric_undefined_for_some_seeds(tmp_path):
     (tmp_path / "a" / "metrics.csv").write_text("\n".join(lines[:-1]) + "\n")
     with pytest.raises(compare.CompareError, match="not every seed has a row"):
         compare.load_runs(str(tmp_path / "a"), None)
+
+
+def test_the_seeds_areas_and_their_rank_test(two_runs, tmp_path):
+    """The last column: each seed's own area (a plain loop of trapezoids, a seed's nan evaluations
+    left out) and a two-sided Mann-Whitney test against the first run on the same environment."""
+    tmp, steps, a, b = two_runs
+    (run_a,) = compare.load_runs(str(tmp / "ppo"), None)
+    areas = compare.seed_areas(run_a)
+    for seed in range(len(a)):
+        total = sum((a[seed, j] + a[seed, j + 1]) / 2 * (steps[j + 1] - steps[j]) for j in range(len(steps) - 1))
+        assert areas[seed] == pytest.approx(total / (steps[-1] - steps[0]))
+    with_nan = run_a._replace(returns=np.where(np.arange(4) == 1, np.nan, run_a.returns))
+    assert compare.seed_areas(with_nan)[0] == pytest.approx(
+        ((a[0, 0] + a[0, 2]) / 2 * 2000 + (a[0, 2] + a[0, 3]) / 2 * 1000) / 3000
+    )
+    # a's increments are uniform on [0, 100], b's on [0, 50]: every seed of a has the larger area
+    write_run(tmp / "ppo_copy", "ppo", "hopper", a, steps)
+    write_run(tmp / "other_env", "ppo", "ant", b, steps)
+    md = compare.compare(
+        compare.Args(runs=tuple(str(tmp / n) for n in ("ppo", "bpo", "ppo_copy", "other_env")), output=str(tmp / "c"))
+    )
+    rows = [line.rsplit("|", 2)[1].strip() for line in md.strip().splitlines()[2:6]]
+    # the exact two-sided p from its definition: U = #(pairs where a's seed has the larger area),
+    # against U over every way of splitting the 14 areas into 8 and 6
+    areas_b = compare.seed_areas(compare.load_runs(str(tmp / "bpo"), None)[0])
+    count_u = lambda x, y: sum(1.0 * (u > v) + 0.5 * (u == v) for u in x for v in y)  # noqa: E731
+    u = count_u(areas_b, areas)
+    pooled = list(areas) + list(areas_b)
+    null = [
+        count_u([pooled[i] for i in pick], [pooled[i] for i in range(14) if i not in pick])
+        for pick in itertools.combinations(range(14), 6)
+    ]
+    exact_p = min(1.0, 2 * min(np.mean([n <= u for n in null]), np.mean([n >= u for n in null])))
+    assert rows[0] == "(the first)" and float(rows[1]) == pytest.approx(
+        exact_p, rel=0.06
+    )  # two digits and exact_p < 0.05
+    assert float(rows[2]) == pytest.approx(1.0) and rows[3] == "(the first)"  # a copy; ant's own first run
