@@ -200,15 +200,18 @@ def default_thresholds(runs: list[Run]) -> dict[str, float]:
     return {env_id: lo[env_id] + 0.9 * (best[env_id] - lo[env_id]) for env_id in best}
 
 
+def area(values: np.ndarray, steps: np.ndarray) -> float:
+    """The area under a curve per env step (its mean value over training), over the evaluations
+    where it has a value (nan ones are left out); its one value if it has one, nan if none."""
+    ok = ~np.isnan(values)
+    if ok.sum() < 2:
+        return float(values[ok][0]) if ok.any() else np.nan
+    return float(np.trapezoid(values[ok], steps[ok]) / (steps[ok][-1] - steps[ok][0]))
+
+
 def seed_areas(run: Run) -> np.ndarray:
-    """Each seed's own area under its curve per env step (its mean value over training), over the
-    evaluations where it has a value; nan for a seed with fewer than two."""
-    areas = []
-    for row in run.returns:
-        ok = ~np.isnan(row)
-        span = run.steps[ok][-1] - run.steps[ok][0] if ok.sum() > 1 else 0
-        areas.append(np.trapezoid(row[ok], run.steps[ok]) / span if span > 0 else np.nan)
-    return np.array(areas)
+    """Each seed's own area (its mean value over training)."""
+    return np.array([area(row, run.steps) for row in run.returns])
 
 
 def rank_test(run: Run, reference: Run) -> str:
@@ -242,10 +245,7 @@ def table(runs: list[Run], args: Args) -> str:
         reference = references.setdefault((run.env_id, run.metric), run)
         final = run.returns[:, -1]
         lo, hi = iqm_interval(final, args)
-        curve = iqm(run.returns.T)
-        ok = ~np.isnan(curve)  # an evaluation where no seed has a value is left out of the area
-        span = run.steps[ok][-1] - run.steps[ok][0] if ok.any() else 0
-        auc = np.trapezoid(curve[ok], run.steps[ok]) / span if span > 0 else (curve[ok][0] if ok.any() else np.nan)
+        auc = area(iqm(run.returns.T), run.steps)  # an evaluation where no seed has a value is left out
         defined = int((~np.isnan(final)).sum())
         seeds = f"{len(final)}" if defined == len(final) else f"{len(final)} ({defined} with a final value)"
         threshold = args.threshold if args.threshold is not None else defaults[run.env_id]

@@ -4,6 +4,7 @@ final observation that a truncated episode must be bootstrapped from."""
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from envs.core import ActionSpec, RawEnv
@@ -46,7 +47,5 @@ def make_brax(env_id: str, backend: str = "mjx") -> RawEnv:
 
     # The shape of reset's observation, as Brax's observation_size, but traced only: that property
     # runs a reset op by op, some 500 small compilations (20 s on a 2-core CPU) per process.
-    import jax
-
     obs_shape = tuple(jax.eval_shape(reset, jax.random.PRNGKey(0))[0].shape)
     return RawEnv(reset, step, obs_shape, spec)

@@ -1,7 +1,6 @@
 """Ctrl-C (SIGINT) and SIGTERM: the run stops at an interval's end, every output describes that same
 interval, and the process exits non-zero."""
 
-import csv
 import json
 import os
 import signal
@@ -10,9 +9,12 @@ import sys
 import time
 
 import flax.serialization
+import helpers
 import jax
 import numpy as np
 import pytest
+from helpers import cli
+from helpers import read_rows as rows
 
 import bpo
 import ppo
@@ -31,19 +33,6 @@ FLAGS = dict(
     anneal_clip=False,
 )
 BPO_FLAGS = dict(replay_size=256, fqe_epochs=1, mu_epochs=1)
-
-
-def cli(flags):
-    out = []
-    for k, v in flags.items():
-        flag = "--" + k.replace("_", "-")
-        out += [flag] if v is True else [flag.replace("--", "--no-", 1)] if v is False else [flag, str(v)]
-    return out
-
-
-def rows(folder):
-    with open(os.path.join(folder, "metrics.csv")) as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.mark.parametrize("module,sig", [(ppo, signal.SIGINT)])  # bpo.py and SIGTERM: tests/test_resume.py
@@ -95,14 +84,7 @@ def test_interrupted_run_writes_consistent_outputs(module, sig, tmp_path):
 # Before training: a signal ends the run at once, with one line, exit 130, and nothing left behind
 # ----------------------------------------------------------------------------------------------
 def start_script(out, env=None):
-    return subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "ppo.py"), *cli(FLAGS), "--output-dir", str(out)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
+    return helpers.start_script("ppo.py", [*cli(FLAGS), "--output-dir", str(out)], env)
 
 
 def test_ctrl_c_while_the_modules_import_is_one_line(tmp_path):

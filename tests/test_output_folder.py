@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import cli
 
 import ppo
 import runner
@@ -25,10 +26,6 @@ FLAGS = dict(
     eval_episodes=2,
     total_timesteps=2560,
 )
-
-
-def cli(flags):
-    return [item for k, v in flags.items() for item in ("--" + k.replace("_", "-"), str(v))]
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 exactly as the standalone run with those values; bad keys are one-line errors before anything is
 compiled; the rows spread over several devices give the same numbers."""
 
-import csv
 import json
 import os
 import subprocess
@@ -12,6 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import ROOT, SWEEP_RUN
+from helpers import read_rows as rows
+from helpers import tiny as tiny_run
 
 import bpo
 import bpo_traj
@@ -20,27 +22,10 @@ import envs
 import ppo
 import runner
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(
-    total_timesteps=1024,
-    num_envs=4,
-    num_steps=32,
-    minibatch_size=64,
-    num_epochs=2,
-    eval_every=512,
-    eval_episodes=2,
-    checkpoint_every=0,
-)
-BPO_TINY = dict(replay_size=256, fqe_epochs=1, mu_epochs=1)
-
 
 def tiny(module, **kw):
-    return module.Args(**{**TINY, **(BPO_TINY if module in (bpo, bpo_traj) else {}), **kw})
-
-
-def rows(folder):
-    with open(os.path.join(folder, "metrics.csv")) as f:
-        return list(csv.DictReader(f))
+    """helpers' tiny settings, 2 intervals of 4 iterations, no checkpoints."""
+    return tiny_run(module, **{"total_timesteps": 1024, "eval_every": 512, "checkpoint_every": 0, **kw})
 
 
 def assert_rows_equal(a, b, columns):
@@ -154,9 +139,8 @@ def test_member_equals_the_standalone_run(module, env_id, sweep, alone, tmp_path
 def test_sweep_resumes_exactly(tmp_path):
     """A sweep extended with --resume writes what the longer sweep writes (no annealing, so the
     first half's schedule does not depend on the total)."""
-    base = dict(num_seeds=2, sweep=("ent_coef=0.0,0.01",), anneal_lr=False, anneal_clip=False, checkpoint_every=1)
-    ppo.run(tiny(ppo, **base, output_dir=str(tmp_path / "whole"), total_timesteps=2048))
-    ppo.run(tiny(ppo, **base, output_dir=str(tmp_path / "cut")))
+    ppo.run(tiny(ppo, **SWEEP_RUN, output_dir=str(tmp_path / "whole")))
+    ppo.run(tiny(ppo, **{**SWEEP_RUN, "total_timesteps": 1024}, output_dir=str(tmp_path / "cut")))
     ppo.run(ppo.parse_args(["--resume", str(tmp_path / "cut"), "--total-timesteps", "2048"]))
     assert open(tmp_path / "cut" / "metrics.csv").read() == open(tmp_path / "whole" / "metrics.csv").read()
 
